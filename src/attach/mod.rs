@@ -1,0 +1,1 @@
+//! Attaching a served volume to the kernel: NBD netlink (ioctl fallback), or FUSE.

@@ -1,0 +1,1 @@
+//! The recovery-domain file (TOML), identical on every member, and its validation.

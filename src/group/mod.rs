@@ -1,0 +1,6 @@
+//! The primary-backup group: replicated state, the join protocol as pure
+//! code, and the openraft engine that orders state changes on every member.
+
+pub mod engine;
+pub mod join;
+pub mod state;

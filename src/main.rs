@@ -1,0 +1,41 @@
+//! The `geomirror` command line: parses arguments and hands off to `cmd`.
+
+use clap::{Parser, Subcommand};
+use geomirror::cmd;
+
+#[derive(Parser)]
+#[command(name = "geomirror", version, about = "Userspace block-device mirroring over NBD")]
+struct Cli {
+    /// Log filter (tracing env-filter syntax), e.g. `info`, `geomirror=debug`.
+    #[arg(long, global = true, env = "GEOMIRROR_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve a disk (file or block device) over NBD.
+    Serve(cmd::serve::Args),
+    /// Write a geomirror label at the end of a disk.
+    Format(cmd::format::Args),
+    /// Print the label of a disk.
+    Label(cmd::label::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    cmd::init_logging(&cli.log);
+    let result = match cli.command {
+        Command::Serve(a) => cmd::serve::run(a),
+        Command::Format(a) => cmd::format::run(a),
+        Command::Label(a) => cmd::label::run(a),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("geomirror: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! The NBD frontend: codec, handshake, transmission server.

@@ -1,0 +1,1 @@
+//! Replication of page writes from the production host to every copy host.
