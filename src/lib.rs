@@ -30,3 +30,4 @@ pub mod nbd;
 pub mod node;
 pub mod replication;
 pub mod storage;
+pub mod units;
