@@ -209,12 +209,13 @@ impl GroupState {
                     return Err(StateError::NotJoined(*member));
                 }
                 let m = &mut self.members[member.index()];
+                // The subgroups stay as last declared: a member declared
+                // failed by mistake joins again with them (see `join::step`).
                 m.status = if matches!(cmd, GroupCommand::Leave { .. }) {
                     MemberStatus::Left
                 } else {
                     MemberStatus::Failed
                 };
-                m.subgroups.clear();
             }
             GroupCommand::ResourceConfig {
                 member,
