@@ -46,6 +46,7 @@
 //! - [`domain`]: the replicated part of the recovery-domain file.
 //! - [`command`]: the ordered messages and what they carry.
 //! - [`state`]: `GroupState` and its pure, deterministic `apply`.
+//! - `election`: host election and mirroring pairs, run inside `apply`.
 //! - [`error`]: why a command was refused.
 //! - [`desired`]: one member's roles read off the state, and the diff to
 //!   the actions that reach them.
@@ -55,6 +56,7 @@
 pub mod command;
 pub mod desired;
 pub mod domain;
+mod election;
 pub mod engine;
 pub mod error;
 pub mod ids;

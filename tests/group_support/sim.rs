@@ -194,126 +194,139 @@ impl Cluster {
             self.history.extend(actions.iter().map(|a| (m, a.clone())));
             self.execute(m, actions);
             let want = Desired::of(self.state(), m);
-            let have = &mut self.running[m.index()];
-            // Pending configuration is a fact about the state, not an
-            // action the member runs; forgotten backups need no action.
-            for (r, h) in have.hosted.iter_mut() {
-                if let Some(w) = want.hosted.get(r) {
-                    h.config_pending = w.config_pending;
-                }
-            }
-            have.backing.retain(|r, _| want.backing.contains_key(r));
-            assert_eq!(have, &want, "{m} runs other roles than the state gives it");
+            assert_runs(&mut self.running[m.index()], &want, m);
         }
         check_exclusive(self);
     }
 
-    /// Executes `actions` on `m`'s running model, asserting each one makes
-    /// sense where it lands (no double open, no stop of what is not running).
+    /// Executes `actions` on `m`'s running model; proposals are queued.
     fn execute(&mut self, m: MemberId, actions: Vec<Action>) {
-        let run = &mut self.running[m.index()];
-        for a in actions {
-            match a {
-                Action::Propose(cmd) => self.queue.push_back(cmd),
-                Action::OpenDisk { resource, epoch } => {
-                    let h = geomirror::group::desired::Hosting {
-                        epoch,
-                        config_pending: false,
-                    };
-                    assert!(run.hosted.insert(resource, h).is_none(), "double open");
-                }
-                Action::CloseDisk { resource } => {
-                    assert!(
-                        run.hosted.remove(&resource).is_some(),
-                        "close of a closed disk"
-                    );
-                }
-                Action::SendConfig { resource, epoch } => {
-                    let h = run
-                        .hosted
-                        .get_mut(&resource)
-                        .expect("config of an open disk");
-                    assert_eq!(h.epoch, epoch);
-                    h.config_pending = true;
-                    self.queue.push_back(GroupCommand::ResourceConfig {
-                        member: m,
-                        resource,
-                        epoch,
-                        config: DISK,
-                    });
-                }
-                Action::AwaitConfig { resource, from } => {
-                    let b = geomirror::group::desired::Backing {
-                        host: from,
-                        config: None,
-                    };
-                    run.backing.insert(resource, b);
-                }
-                Action::ApplyConfig {
-                    resource,
-                    from,
-                    config,
-                } => {
-                    assert_eq!(config, DISK);
-                    let b = geomirror::group::desired::Backing {
-                        host: from,
-                        config: Some(config),
-                    };
-                    run.backing.insert(resource, b);
-                }
-                Action::ExpectMirroring {
-                    resource,
-                    from,
+        let proposals = run_actions(&mut self.running[m.index()], m, actions);
+        self.queue.extend(proposals);
+    }
+}
+
+/// Executes `actions` on member `m`'s running model `run`, asserting each
+/// one makes sense where it lands (no double open, no stop of what is not
+/// running). Returns the commands the member proposes.
+pub fn run_actions(run: &mut Desired, m: MemberId, actions: Vec<Action>) -> Vec<GroupCommand> {
+    let mut queue = Vec::new();
+    for a in actions {
+        match a {
+            Action::Propose(cmd) => queue.push(cmd),
+            Action::OpenDisk { resource, epoch } => {
+                let h = geomirror::group::desired::Hosting {
                     epoch,
-                } => {
-                    let l = geomirror::group::desired::Link { peer: from, epoch };
-                    assert!(
-                        run.mirror_from.insert(resource, l).is_none(),
-                        "double expect"
-                    );
-                }
-                Action::StopExpecting { resource, from } => {
-                    let l = run.mirror_from.remove(&resource).expect("was expecting");
-                    assert_eq!(l.peer, from);
-                }
-                Action::StartMirroring {
+                    config_pending: false,
+                };
+                assert!(run.hosted.insert(resource, h).is_none(), "double open");
+            }
+            Action::CloseDisk { resource } => {
+                assert!(
+                    run.hosted.remove(&resource).is_some(),
+                    "close of a closed disk"
+                );
+            }
+            Action::SendConfig { resource, epoch } => {
+                let h = run
+                    .hosted
+                    .get_mut(&resource)
+                    .expect("config of an open disk");
+                assert_eq!(h.epoch, epoch);
+                h.config_pending = true;
+                queue.push(GroupCommand::ResourceConfig {
+                    member: m,
                     resource,
-                    to,
                     epoch,
-                } => {
-                    let l = geomirror::group::desired::Link { peer: to, epoch };
-                    assert!(
-                        run.mirror_to.insert(resource.clone(), l).is_none(),
-                        "double start"
-                    );
-                    // The production host reports the copy once in sync.
-                    let report = SyncReport {
-                        state: CopyState::UpToDate,
-                        ..SyncReport::default()
-                    };
-                    self.queue.push_back(GroupCommand::SyncProgress {
-                        member: m,
-                        resource,
-                        epoch,
-                        report,
-                    });
-                }
-                Action::StopMirroring { resource, to } => {
-                    let l = run.mirror_to.remove(&resource).expect("was mirroring");
-                    assert_eq!(l.peer, to);
-                }
-                Action::ServeVolume { address, epoch } => {
-                    assert!(
-                        run.serve.replace((address, epoch)).is_none(),
-                        "double serve"
-                    );
-                }
-                Action::StopServing => {
-                    assert!(run.serve.take().is_some(), "stop of a stopped export");
-                }
+                    config: DISK,
+                });
+            }
+            Action::AwaitConfig { resource, from } => {
+                let b = geomirror::group::desired::Backing {
+                    host: from,
+                    config: None,
+                };
+                run.backing.insert(resource, b);
+            }
+            Action::ApplyConfig {
+                resource,
+                from,
+                config,
+            } => {
+                assert_eq!(config, DISK);
+                let b = geomirror::group::desired::Backing {
+                    host: from,
+                    config: Some(config),
+                };
+                run.backing.insert(resource, b);
+            }
+            Action::ExpectMirroring {
+                resource,
+                from,
+                epoch,
+            } => {
+                let l = geomirror::group::desired::Link { peer: from, epoch };
+                assert!(
+                    run.mirror_from.insert(resource, l).is_none(),
+                    "double expect"
+                );
+            }
+            Action::StopExpecting { resource, from } => {
+                let l = run.mirror_from.remove(&resource).expect("was expecting");
+                assert_eq!(l.peer, from);
+            }
+            Action::StartMirroring {
+                resource,
+                to,
+                epoch,
+            } => {
+                let l = geomirror::group::desired::Link { peer: to, epoch };
+                assert!(
+                    run.mirror_to.insert(resource.clone(), l).is_none(),
+                    "double start"
+                );
+                // The production host reports the copy once in sync.
+                let report = SyncReport {
+                    state: CopyState::UpToDate,
+                    ..SyncReport::default()
+                };
+                queue.push(GroupCommand::SyncProgress {
+                    member: m,
+                    resource,
+                    epoch,
+                    report,
+                });
+            }
+            Action::StopMirroring { resource, to } => {
+                let l = run.mirror_to.remove(&resource).expect("was mirroring");
+                assert_eq!(l.peer, to);
+            }
+            Action::ServeVolume { address, epoch } => {
+                assert!(
+                    run.serve.replace((address, epoch)).is_none(),
+                    "double serve"
+                );
+            }
+            Action::StopServing => {
+                assert!(run.serve.take().is_some(), "stop of a stopped export");
             }
         }
     }
+    queue
+}
+
+/// Asserts that a member running `have` (after executing its actions) runs
+/// exactly the roles `want`, then records `want` as what it runs.
+pub fn assert_runs(have: &mut Desired, want: &Desired, m: MemberId) {
+    // Pending configuration is a fact about the state, not something the
+    // member runs; a forgotten backup needs no action.
+    for (r, h) in have.hosted.iter_mut() {
+        if let Some(w) = want.hosted.get(r) {
+            h.config_pending = w.config_pending;
+        }
+    }
+    have.backing.retain(|r, _| want.backing.contains_key(r));
+    assert_eq!(have, want, "{m} runs other roles than the state gives it");
 }
 
 /// The state's own invariants: hosts are joined members of their subgroup;

@@ -1,0 +1,172 @@
+//! The group state on its own: refused commands change nothing and say
+//! why; configuration, resource configuration and sync reports.
+
+#[path = "group_support/mod.rs"]
+mod support;
+
+use geomirror::group::{
+    CopyState, DomainSpec, GroupCommand, GroupState, MemberId, ResourceId, StateError,
+};
+use support::sim::{Cluster, DISK};
+use support::{domain, id, THREE_SITES, TWO_SITES};
+
+fn res(s: &str) -> ResourceId {
+    ResourceId::from(s)
+}
+
+#[test]
+fn refused_commands_leave_the_state_unchanged_and_say_why() {
+    let d = domain(TWO_SITES);
+    let (a1, b1) = (id(&d, "a1"), id(&d, "b1"));
+    let mut s = GroupState::new(&d);
+    let fp = s.domain.fingerprint;
+    let join = |member, subgroups: Vec<&str>, fingerprint| GroupCommand::Join {
+        member,
+        subgroups: subgroups.into_iter().map(res).collect(),
+        fingerprint,
+    };
+    let cases: Vec<(GroupCommand, &str)> = vec![
+        (join(MemberId(9), vec![], fp), "not in the recovery domain"),
+        (
+            join(a1, vec!["payroll-prod"], Default::default()),
+            "has recovery domain",
+        ),
+        (join(a1, vec!["other"], fp), "not in the recovery domain"),
+        (join(a1, vec!["payroll-prod", "payroll-prod"], fp), "twice"),
+        (join(b1, vec!["payroll-prod"], fp), "declares site \"dr\""),
+        (GroupCommand::Leave { member: a1 }, "is not joined"),
+        (GroupCommand::Fail { member: a1 }, "is not joined"),
+    ];
+    for (cmd, words) in cases {
+        let before = s.clone();
+        let err = s.apply(&cmd).expect_err("refused");
+        assert!(err.to_string().contains(words), "{err} lacks {words:?}");
+        assert_eq!(s, before, "{cmd:?} changed the state");
+    }
+    s.apply(&join(a1, vec!["payroll-prod"], fp)).expect("joins");
+    let config = |member, epoch, config| GroupCommand::ResourceConfig {
+        member,
+        resource: res("payroll-prod"),
+        epoch,
+        config,
+    };
+    let before = s.clone();
+    let not_host = s.apply(&config(b1, 1, DISK)).expect_err("b1 is no host");
+    assert!(matches!(not_host, StateError::NotHost { .. }));
+    let stale = s.apply(&config(a1, 0, DISK)).expect_err("stale");
+    assert!(matches!(stale, StateError::StaleEpoch { .. }));
+    let mut bad = DISK;
+    bad.block_size_bytes = 3000;
+    let bad = s.apply(&config(a1, 1, bad)).expect_err("bad block size");
+    assert!(bad.to_string().contains("block size 3000"), "{bad}");
+    let report = GroupCommand::SyncProgress {
+        member: a1,
+        resource: res("payroll-dr"),
+        epoch: 1,
+        report: Default::default(),
+    };
+    assert!(matches!(s.apply(&report), Err(StateError::NoMirror { .. })));
+    assert_eq!(s, before);
+    s.apply(&config(a1, 1, DISK))
+        .expect("the host sends its configuration");
+}
+
+#[test]
+fn witness_and_serverless_members_cannot_declare_resources() {
+    let d = domain(THREE_SITES);
+    let w1 = id(&d, "w1");
+    let mut s = GroupState::new(&d);
+    let fp = s.domain.fingerprint;
+    let err = s
+        .apply(&GroupCommand::Join {
+            member: w1,
+            subgroups: vec![res("ledger-dr")],
+            fingerprint: fp,
+        })
+        .expect_err("a witness has no disks");
+    assert!(matches!(err, StateError::WitnessWithResource { .. }));
+    s.apply(&GroupCommand::Join {
+        member: w1,
+        subgroups: vec![],
+        fingerprint: fp,
+    })
+    .expect("a witness joins to vote");
+    assert!(s.hosted_by(w1).is_empty());
+    // b1 has no nbd address: it may not become production host.
+    let b1 = id(&d, "b1");
+    let err = s
+        .apply(&GroupCommand::Join {
+            member: b1,
+            subgroups: vec![res("ledger-prod")],
+            fingerprint: fp,
+        })
+        .expect_err("no nbd address");
+    assert!(matches!(err, StateError::CannotServe { .. }));
+}
+
+#[test]
+fn configure_installs_once_and_refuses_another_domain() {
+    let d = domain(TWO_SITES);
+    let other = domain(THREE_SITES);
+    let mut s = GroupState::default();
+    let join = GroupCommand::Join {
+        member: MemberId(0),
+        subgroups: vec![],
+        fingerprint: d.fingerprint(),
+    };
+    assert_eq!(s.apply(&join), Err(StateError::NotConfigured));
+    let mine = GroupCommand::Configure {
+        domain: DomainSpec::from(&d),
+    };
+    s.apply(&mine).expect("first configure installs");
+    assert_eq!(s, GroupState::new(&d));
+    s.apply(&mine).expect("the same domain again is a no-op");
+    let theirs = GroupCommand::Configure {
+        domain: DomainSpec::from(&other),
+    };
+    assert!(matches!(
+        s.apply(&theirs),
+        Err(StateError::DomainMismatch { .. })
+    ));
+    let mut empty = GroupState::default();
+    let bad = GroupCommand::Configure {
+        domain: DomainSpec {
+            fingerprint: d.fingerprint(),
+            ..DomainSpec::default()
+        },
+    };
+    assert!(matches!(empty.apply(&bad), Err(StateError::BadDomain(_))));
+}
+
+#[test]
+fn sync_reports_come_only_from_the_production_host_for_the_current_pair() {
+    let d = domain(TWO_SITES);
+    let (a1, b1) = (id(&d, "a1"), id(&d, "b1"));
+    let mut c = Cluster::new(d);
+    c.start(a1);
+    c.start(b1);
+    let epoch = c.state().mirrors[0].epoch;
+    let mut s = c.state().clone();
+    let report = |member, epoch| GroupCommand::SyncProgress {
+        member,
+        resource: res("payroll-dr"),
+        epoch,
+        report: geomirror::group::SyncReport {
+            state: CopyState::Resyncing,
+            resynced_bytes: 4096,
+            bytes_to_go: 8192,
+            lag_bytes: 0,
+        },
+    };
+    assert!(matches!(
+        s.apply(&report(b1, epoch)),
+        Err(StateError::NotHost { .. })
+    ));
+    assert!(matches!(
+        s.apply(&report(a1, epoch - 1)),
+        Err(StateError::StaleEpoch { .. })
+    ));
+    s.apply(&report(a1, epoch)).expect("accepted");
+    assert_eq!(s.mirrors[0].sync.bytes_to_go, 8192);
+    assert_eq!(s.mirrors[0].sync.state, CopyState::Resyncing);
+}
