@@ -367,3 +367,24 @@ fn every_problem_is_reported_at_once() {
     let msg = refused(&text);
     assert!(msg.contains("mode:") && msg.contains("secret:"), "{msg}");
 }
+
+#[test]
+fn too_many_members_is_refused() {
+    let mut text = EXAMPLE.to_owned();
+    for i in 0..61 {
+        text.push_str(&format!(
+            "[[member]]\nname = \"x{i}\"\naddress = \"127.0.0.1:{}\"\n",
+            20000 + i
+        ));
+    }
+    assert_refused(&text, "member", "65 members, more than the 64 allowed");
+}
+
+#[test]
+fn too_many_sites_is_refused() {
+    let mut text = EXAMPLE.to_owned();
+    for i in 0..15 {
+        text.push_str(&format!("[[site]]\nname = \"s{i}\"\nresource = \"r{i}\"\n"));
+    }
+    assert_refused(&text, "site", "17 sites, more than the 16 allowed");
+}

@@ -12,8 +12,10 @@ use geomirror::group::{
     ResourceId,
 };
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use support::sim::{assert_runs, check_actions, check_state, run_actions, Cluster, DISK};
+use rand::SeedableRng;
+use support::invariants::{check_actions, check_state};
+use support::scenario::{arbitrary_command, churn, permutations, replay_matches};
+use support::sim::{assert_runs, run_actions, Cluster, DISK};
 use support::{accessible, domain, id, DEEP_PROD, THREE_SITES, TWO_SITES};
 
 fn res(s: &str) -> ResourceId {
@@ -361,91 +363,6 @@ fn joining_in_any_order_without_churn_gives_first_joiners_the_roles() {
         assert_eq!(s.host(&res("ledger-dr")), first_of(&["b1", "b2"]));
         assert_eq!(s.host(&res("ledger-dr2")), first_of(&["c1"]));
         assert_eq!(s.epoch, 3, "one epoch per host assignment");
-    }
-}
-
-/// Between two joins: random leaves, crashes, false suspicions, disk
-/// losses and restarts.
-fn churn(c: &mut Cluster, rng: &mut StdRng) {
-    for _ in 0..rng.random_range(0..3) {
-        let n = c.alive.len();
-        let m = MemberId(rng.random_range(0..n as u32));
-        let up = c.alive[m.index()];
-        match rng.random_range(0..6) {
-            0 if up => c.stop(m),
-            1 if up => c.crash(m),
-            2 if up && c.state().is_joined(m) => c.suspect(m),
-            3 if up => c.lose_disk(m, 0),
-            4 if !up && c.log.iter().any(|x| joined_by(x, m)) => c.start(m),
-            _ => {}
-        }
-    }
-}
-
-fn joined_by(cmd: &GroupCommand, m: MemberId) -> bool {
-    matches!(cmd, GroupCommand::Join { member, .. } if *member == m)
-}
-
-/// A fresh replica that replays the log ends in the same state.
-fn replay_matches(c: &Cluster) {
-    let mut fresh = GroupState::default();
-    for cmd in &c.log {
-        let _ = fresh.apply(cmd);
-    }
-    assert_eq!(&fresh, c.state());
-    check_state(&fresh);
-}
-
-fn permutations(items: &mut Vec<MemberId>, k: usize, out: &mut Vec<Vec<MemberId>>) {
-    if k == items.len() {
-        out.push(items.clone());
-        return;
-    }
-    for i in k..items.len() {
-        items.swap(k, i);
-        permutations(items, k + 1, out);
-        items.swap(k, i);
-    }
-}
-
-/// One arbitrary command, valid or not, for the property below.
-fn arbitrary_command(
-    kind: u8,
-    member: u32,
-    mask: u8,
-    epoch: u64,
-    spec: &DomainSpec,
-) -> GroupCommand {
-    let member = MemberId(member);
-    let resource = spec.sites[usize::from(mask) % spec.sites.len()]
-        .resource
-        .clone();
-    match kind % 5 {
-        0 => GroupCommand::Join {
-            member,
-            subgroups: spec
-                .sites
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| mask & (1 << i) != 0)
-                .map(|(_, s)| s.resource.clone())
-                .collect(),
-            fingerprint: spec.fingerprint,
-        },
-        1 => GroupCommand::Leave { member },
-        2 => GroupCommand::Fail { member },
-        3 => GroupCommand::ResourceConfig {
-            member,
-            resource,
-            epoch,
-            config: DISK,
-        },
-        _ => GroupCommand::SyncProgress {
-            member,
-            resource,
-            epoch,
-            report: Default::default(),
-        },
     }
 }
 

@@ -1,11 +1,12 @@
-//! The group state on its own: refused commands change nothing and say
-//! why; configuration, resource configuration and sync reports.
+//! The group state on its own (refused commands change nothing and say
+//! why; configuration, sync reports) and single join-protocol steps on it.
 
 #[path = "group_support/mod.rs"]
 mod support;
 
 use geomirror::group::{
-    CopyState, DomainSpec, GroupCommand, GroupState, MemberId, ResourceId, StateError,
+    step, Action, CopyState, Desired, DomainSpec, Event, GroupCommand, GroupState, MemberId,
+    ResourceId, StateError,
 };
 use support::sim::{Cluster, DISK};
 use support::{domain, id, THREE_SITES, TWO_SITES};
@@ -169,4 +170,47 @@ fn sync_reports_come_only_from_the_production_host_for_the_current_pair() {
     s.apply(&report(a1, epoch)).expect("accepted");
     assert_eq!(s.mirrors[0].sync.bytes_to_go, 8192);
     assert_eq!(s.mirrors[0].sync.state, CopyState::Resyncing);
+}
+
+#[test]
+fn re_evaluating_an_unchanged_state_gives_no_actions() {
+    let d = domain(THREE_SITES);
+    let mut c = Cluster::new(d.clone());
+    for name in ["a1", "b1", "c1", "a2"] {
+        c.start(id(&d, name));
+    }
+    for m in d.members.iter().map(|x| id(&d, &x.name)) {
+        let running = Desired::of(c.state(), m);
+        let again = step(c.state(), m, Event::Committed { running });
+        assert_eq!(again, Vec::new(), "{m} acts twice on the same state");
+    }
+}
+
+#[test]
+fn lost_peer_is_reported_failed_once_and_stopping_proposes_leave() {
+    let d = domain(TWO_SITES);
+    let (a1, a2, b1) = (id(&d, "a1"), id(&d, "a2"), id(&d, "b1"));
+    let mut c = Cluster::new(d);
+    c.start(a1);
+    c.start(a2);
+    let s = c.state();
+    assert_eq!(
+        step(s, a1, Event::MemberLost { member: a2 }),
+        vec![Action::Propose(GroupCommand::Fail { member: a2 })]
+    );
+    assert_eq!(
+        step(s, a1, Event::MemberLost { member: b1 }),
+        vec![],
+        "b1 never joined"
+    );
+    assert_eq!(
+        step(s, a1, Event::MemberLost { member: a1 }),
+        vec![],
+        "not myself"
+    );
+    assert_eq!(
+        step(s, a2, Event::Stopping),
+        vec![Action::Propose(GroupCommand::Leave { member: a2 })]
+    );
+    assert_eq!(step(s, b1, Event::Stopping), vec![], "b1 is not joined");
 }

@@ -3,6 +3,8 @@
 //! ordered log and checks the group's invariants after every command.
 #![allow(dead_code)]
 
+pub mod invariants;
+pub mod scenario;
 pub mod sim;
 
 use geomirror::config::RecoveryDomain;
