@@ -273,30 +273,6 @@ fn falsely_failed_member_stops_everything_and_rejoins_as_backup() {
 }
 
 #[test]
-fn restart_before_failure_detection_ends_the_old_incarnation() {
-    let d = domain(TWO_SITES);
-    let a1 = id(&d, "a1");
-    let mut c = Cluster::new(d.clone());
-    c.start(a1);
-    let e0 = c.state().epoch;
-    // The process restarts before anyone noticed it was gone.
-    c.alive[a1.index()] = false;
-    c.running[a1.index()] = Default::default();
-    let actions = step(
-        c.state(),
-        a1,
-        Event::Started {
-            accessible: accessible(&d, a1),
-            domain: DomainSpec::from(&d),
-        },
-    );
-    assert!(matches!(actions[0], Action::Propose(GroupCommand::Leave { member }) if member == a1));
-    c.start(a1);
-    assert_eq!(c.state().production_host(), Some(a1));
-    assert_eq!(c.state().epoch, e0 + 2, "leave and join: two host changes");
-}
-
-#[test]
 fn disk_loss_hands_the_resource_to_the_next_member() {
     let d = domain(THREE_SITES);
     let (a1, a2) = (id(&d, "a1"), id(&d, "a2"));

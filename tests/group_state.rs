@@ -9,7 +9,7 @@ use geomirror::group::{
     ResourceId, StateError,
 };
 use support::sim::{Cluster, DISK};
-use support::{domain, id, THREE_SITES, TWO_SITES};
+use support::{accessible, domain, id, THREE_SITES, TWO_SITES};
 
 fn res(s: &str) -> ResourceId {
     ResourceId::from(s)
@@ -213,4 +213,28 @@ fn lost_peer_is_reported_failed_once_and_stopping_proposes_leave() {
         vec![Action::Propose(GroupCommand::Leave { member: a2 })]
     );
     assert_eq!(step(s, b1, Event::Stopping), vec![], "b1 is not joined");
+}
+
+#[test]
+fn restart_before_failure_detection_ends_the_old_incarnation() {
+    let d = domain(TWO_SITES);
+    let a1 = id(&d, "a1");
+    let mut c = Cluster::new(d.clone());
+    c.start(a1);
+    let e0 = c.state().epoch;
+    // The process restarts before anyone noticed it was gone.
+    c.alive[a1.index()] = false;
+    c.running[a1.index()] = Default::default();
+    let actions = step(
+        c.state(),
+        a1,
+        Event::Started {
+            accessible: accessible(&d, a1),
+            domain: DomainSpec::from(&d),
+        },
+    );
+    assert!(matches!(actions[0], Action::Propose(GroupCommand::Leave { member }) if member == a1));
+    c.start(a1);
+    assert_eq!(c.state().production_host(), Some(a1));
+    assert_eq!(c.state().epoch, e0 + 2, "leave and join: two host changes");
 }
