@@ -238,3 +238,27 @@ fn restart_before_failure_detection_ends_the_old_incarnation() {
     assert_eq!(c.state().production_host(), Some(a1));
     assert_eq!(c.state().epoch, e0 + 2, "leave and join: two host changes");
 }
+
+#[test]
+fn state_and_commands_round_trip_through_the_engine_encodings() {
+    let d = domain(THREE_SITES);
+    let mut c = Cluster::new(d.clone());
+    for name in ["a1", "b1", "c1"] {
+        c.start(id(&d, name));
+    }
+    let state = c.state().clone();
+    let json = serde_json::to_vec(&state).expect("encode json");
+    let back: GroupState = serde_json::from_slice(&json).expect("decode json");
+    assert_eq!(back, state);
+    let cfg = bincode::config::standard();
+    let bin = bincode::serde::encode_to_vec(&state, cfg).expect("encode bincode");
+    let (back, _): (GroupState, usize) =
+        bincode::serde::decode_from_slice(&bin, cfg).expect("decode bincode");
+    assert_eq!(back, state);
+    for cmd in &c.log {
+        let bin = bincode::serde::encode_to_vec(cmd, cfg).expect("encode command");
+        let (back, _): (GroupCommand, usize) =
+            bincode::serde::decode_from_slice(&bin, cfg).expect("decode command");
+        assert_eq!(&back, cmd);
+    }
+}

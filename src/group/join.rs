@@ -17,9 +17,11 @@ use serde::{Deserialize, Serialize};
 /// Something that happened to member `me`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
-    /// The member process started (once per process). Block 74: it has
-    /// read the labels of its disks; `accessible` lists the resource ids
-    /// found. `domain` is its own recovery-domain file.
+    /// The member process started (once per process, after its replica
+    /// has applied the committed log, so that it sees its earlier
+    /// incarnation if the group still lists one). Block 74: it has read
+    /// the labels of its disks; `accessible` lists the resource ids found.
+    /// `domain` is its own recovery-domain file.
     Started {
         /// Resource ids read from the labels of this member's disks.
         accessible: Vec<ResourceId>,

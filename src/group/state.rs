@@ -177,14 +177,12 @@ impl GroupState {
     /// Applies one committed command. Deterministic; a refused command
     /// leaves the state exactly as it was and says why.
     pub fn apply(&mut self, cmd: &GroupCommand) -> Result<ApplyOutcome, StateError> {
-        if let GroupCommand::Configure { domain } = cmd {
-            return self.configure(domain);
-        }
-        if !self.is_configured() {
+        let configure = matches!(cmd, GroupCommand::Configure { .. });
+        if !configure && !self.is_configured() {
             return Err(StateError::NotConfigured);
         }
         match cmd {
-            GroupCommand::Configure { .. } => unreachable!("handled above"),
+            GroupCommand::Configure { domain } => return self.configure(domain),
             GroupCommand::Join {
                 member,
                 subgroups,
