@@ -262,3 +262,61 @@ fn state_and_commands_round_trip_through_the_engine_encodings() {
         assert_eq!(&back, cmd);
     }
 }
+
+#[test]
+fn mirroring_waits_for_both_configurations_and_a_large_enough_copy() {
+    use geomirror::group::{PairBlocked, ResourceConfig};
+    let d = domain(TWO_SITES);
+    let (a1, b1) = (id(&d, "a1"), id(&d, "b1"));
+    let mut s = GroupState::new(&d);
+    let fp = s.domain.fingerprint;
+    for (m, r) in [(a1, "payroll-prod"), (b1, "payroll-dr")] {
+        s.apply(&GroupCommand::Join {
+            member: m,
+            subgroups: vec![res(r)],
+            fingerprint: fp,
+        })
+        .expect("joins");
+    }
+    let pair = s.mirrors[0].clone();
+    assert_eq!(
+        s.pair_blocked(&pair),
+        Some(PairBlocked::ProductionConfigMissing)
+    );
+    assert!(
+        Desired::of(&s, a1).mirror_to.is_empty(),
+        "block 84 before 96"
+    );
+    let send = |s: &mut GroupState, member, r: &str, size_bytes| {
+        let epoch = s.resource(&res(r)).expect("resource").1.host_epoch;
+        s.apply(&GroupCommand::ResourceConfig {
+            member,
+            resource: res(r),
+            epoch,
+            config: ResourceConfig {
+                size_bytes,
+                block_size_bytes: 4096,
+                label_generation: 1,
+            },
+        })
+        .expect("the host sends its configuration");
+    };
+    send(&mut s, a1, "payroll-prod", 1 << 30);
+    assert_eq!(s.pair_blocked(&pair), Some(PairBlocked::CopyConfigMissing));
+    send(&mut s, b1, "payroll-dr", 1 << 29);
+    assert_eq!(
+        s.pair_blocked(&pair),
+        Some(PairBlocked::CopyTooSmall {
+            copy_bytes: 1 << 29,
+            production_bytes: 1 << 30
+        })
+    );
+    assert!(Desired::of(&s, a1).mirror_to.is_empty());
+    assert!(Desired::of(&s, b1).mirror_from.is_empty());
+    send(&mut s, b1, "payroll-dr", 1 << 30);
+    assert_eq!(s.pair_blocked(&pair), None);
+    let to = Desired::of(&s, a1).mirror_to;
+    assert_eq!(to.get(&res("payroll-dr")).map(|l| l.peer), Some(b1));
+    let from = Desired::of(&s, b1).mirror_from;
+    assert_eq!(from.get(&res("payroll-dr")).map(|l| l.peer), Some(a1));
+}

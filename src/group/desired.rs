@@ -66,7 +66,7 @@ impl Desired {
         if !state.is_joined(me) {
             return d;
         }
-        for (site, r) in state.domain.sites.iter().zip(&state.resources) {
+        for (i, (site, r)) in state.domain.sites.iter().zip(&state.resources).enumerate() {
             let resource = site.resource.clone();
             match r.host {
                 Some(h) if h == me => {
@@ -82,16 +82,19 @@ impl Desired {
                     );
                 }
                 Some(host) if state.subgroups(me).contains(&resource) => {
-                    let config = r
-                        .config
-                        .filter(|c| c.host == host && c.epoch == r.host_epoch)
-                        .map(|c| c.config);
+                    let config = state.current_config(i);
                     d.backing.insert(resource, Backing { host, config });
                 }
                 _ => {}
             }
         }
-        for pair in &state.mirrors {
+        // Mirroring starts once both ends have sent their configuration
+        // (blocks 82–84 before 86–96) and the copy can hold the data.
+        for pair in state
+            .mirrors
+            .iter()
+            .filter(|p| state.pair_blocked(p).is_none())
+        {
             let link = |peer| Link {
                 peer,
                 epoch: pair.epoch,

@@ -1,8 +1,26 @@
 //! Host election and mirroring pairs: who hosts each resource and who
 //! mirrors to whom, recomputed by every member after every command.
 
+use super::command::ResourceConfig;
 use super::ids::MemberId;
 use super::state::{GroupState, HostChange, MemberStatus, MirrorPair};
+use serde::{Deserialize, Serialize};
+
+/// Why a mirroring pair does not carry data yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PairBlocked {
+    /// The production host has not sent its configuration (block 84).
+    ProductionConfigMissing,
+    /// The copy host has not sent its configuration (block 84).
+    CopyConfigMissing,
+    /// The copy disk cannot hold the production data.
+    CopyTooSmall {
+        /// Data size of the copy disk.
+        copy_bytes: u64,
+        /// Data size of the production disk.
+        production_bytes: u64,
+    },
+}
 
 impl GroupState {
     /// Host election, run after every command so that every member computes
@@ -74,5 +92,37 @@ impl GroupState {
             });
         }
         pairs
+    }
+
+    /// The configuration of resource `index` as sent by its current host
+    /// under its current host epoch; `None` while that host has not sent it.
+    pub fn current_config(&self, index: usize) -> Option<ResourceConfig> {
+        let r = self.resources.get(index)?;
+        r.config
+            .filter(|c| Some(c.host) == r.host && c.epoch == r.host_epoch)
+            .map(|c| c.config)
+    }
+
+    /// Whether `pair` may carry data: both hosts have sent their
+    /// configuration (blocks 82–84 come before 86–96) and the copy disk
+    /// is at least as large as the production disk.
+    pub fn pair_blocked(&self, pair: &MirrorPair) -> Option<PairBlocked> {
+        let Some(production) = self.current_config(0) else {
+            return Some(PairBlocked::ProductionConfigMissing);
+        };
+        let copy = self
+            .domain
+            .resource_index(&pair.resource)
+            .and_then(|i| self.current_config(i));
+        let Some(copy) = copy else {
+            return Some(PairBlocked::CopyConfigMissing);
+        };
+        if copy.size_bytes < production.size_bytes {
+            return Some(PairBlocked::CopyTooSmall {
+                copy_bytes: copy.size_bytes,
+                production_bytes: production.size_bytes,
+            });
+        }
+        None
     }
 }

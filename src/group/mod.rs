@@ -26,7 +26,7 @@
 //! | 76 | add J to its subgroups, one message; a member that owns a resource hosts it | `GroupCommand::Join`; host election in `GroupState::apply` (first joined member of the subgroup in backup order; a live host keeps its resource) |
 //! | 78–80 / 106–108 | for each accessible resource J does not host: receive its configuration from its host | [`desired::Desired::backing`] → `Action::AwaitConfig` / `Action::ApplyConfig` |
 //! | 82–84 / 110 | for each resource J hosts: send its configuration to the subgroup | `Action::SendConfig` → `GroupCommand::ResourceConfig`, accepted only from the host under its current epoch |
-//! | 86–88 / 112–116 | J hosts a copy: the group primary, if hosting, starts mirroring to J | `GroupState::derive_mirrors`; `Action::ExpectMirroring` on the copy host |
+//! | 86–88 / 112–116 | J hosts a copy: the group primary, if hosting, starts mirroring to J | `GroupState::derive_mirrors`; once both configurations are in (`GroupState::pair_blocked`), `Action::ExpectMirroring` on the copy host |
 //! | 92–96 / 118–122 | J is the group primary: for each copy subgroup with a host, start mirroring to it | `Action::StartMirroring` on the production host, `Action::ServeVolume` |
 //!
 //! Fig. 5 is the two-site case of the same code: one site per member, the
@@ -46,7 +46,8 @@
 //! - [`domain`]: the replicated part of the recovery-domain file.
 //! - [`command`]: the ordered messages and what they carry.
 //! - [`state`]: `GroupState` and its pure, deterministic `apply`.
-//! - `election`: host election and mirroring pairs, run inside `apply`.
+//! - [`election`]: host election and mirroring pairs, run inside `apply`,
+//!   and whether a pair may carry data yet.
 //! - [`error`]: why a command was refused.
 //! - [`desired`]: one member's roles read off the state, and the diff to
 //!   the actions that reach them.
@@ -56,7 +57,7 @@
 pub mod command;
 pub mod desired;
 pub mod domain;
-mod election;
+pub mod election;
 pub mod engine;
 pub mod error;
 pub mod ids;
@@ -66,6 +67,7 @@ pub mod state;
 pub use command::{CopyState, GroupCommand, ResourceConfig, SyncReport};
 pub use desired::Desired;
 pub use domain::DomainSpec;
+pub use election::PairBlocked;
 pub use error::StateError;
 pub use ids::{Fingerprint, MemberId, ResourceId};
 pub use join::{step, Action, Event};

@@ -58,6 +58,9 @@ pub fn check_actions(s: &GroupState, me: MemberId, actions: &[Action]) {
                 assert_eq!(r.host_epoch, *epoch);
             }
             Action::StartMirroring { resource, to, .. } => {
+                let pair = s.mirrors.iter().find(|p| &p.resource == resource);
+                let pair = pair.expect("a mirroring pair exists");
+                assert_eq!(s.pair_blocked(pair), None, "{a:?} on a blocked pair");
                 let (i, _) = s.resource(resource).expect("known resource");
                 assert!(i > 0, "mirroring to the production resource");
                 assert_eq!(
@@ -68,6 +71,9 @@ pub fn check_actions(s: &GroupState, me: MemberId, actions: &[Action]) {
                 assert_eq!(s.host(resource), Some(*to), "{a:?} to a non-host");
             }
             Action::ExpectMirroring { resource, from, .. } => {
+                let pair = s.mirrors.iter().find(|p| &p.resource == resource);
+                let pair = pair.expect("a mirroring pair exists");
+                assert_eq!(s.pair_blocked(pair), None, "{a:?} on a blocked pair");
                 assert_eq!(s.host(resource), Some(me), "{a:?} on a non-host");
                 assert_eq!(s.production_host(), Some(*from));
             }
