@@ -2,9 +2,10 @@
 //! replication mode, sites with their resource ids, and members in backup order.
 //!
 //! The file is the patent's recovery domain as a person writes it (Fig. 5:
-//! "the user enters the site and the associated members for that site, the
-//! backup order, and which member should be the primary"). It is parsed
-//! into [`raw`] structs, then [`validate`]d into a [`RecoveryDomain`] whose
+//! "a user will typically enter the site and the associated members for
+//! that site, the backup order, and which member should be the primary";
+//! here the group primary follows from the backup order and who joined). It is parsed
+//! into `raw` structs, then `validate`d into a [`RecoveryDomain`] whose
 //! every field has been checked; all problems found are reported at once.
 
 mod raw;

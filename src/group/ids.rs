@@ -35,8 +35,8 @@ impl fmt::Display for MemberId {
 }
 
 /// The resource id written in a disk's label: the name by which the
-/// recovery domain lists a resource (patent, Fig. 4A: "a list of resource
-/// identifiers, one identifier per resource").
+/// recovery domain lists a resource (patent, Fig. 4A: "The list is of
+/// resource identifiers, one identifier per resource").
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
 pub struct ResourceId(pub String);
 

@@ -176,6 +176,7 @@ impl Cluster {
                 let moved = before.is_configured() && hosts(&before) != hosts(self.state());
                 assert_eq!(outcome.epoch, self.state().epoch);
                 assert_eq!(moved, !outcome.host_changes.is_empty());
+                assert!(self.state().epoch >= before.epoch, "epoch went back");
                 let grown = self.state().epoch - before.epoch;
                 assert_eq!(
                     grown,
