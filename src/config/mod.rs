@@ -4,9 +4,10 @@
 //! The file is the patent's recovery domain as a person writes it (Fig. 5:
 //! "a user will typically enter the site and the associated members for
 //! that site, the backup order, and which member should be the primary";
-//! here the group primary follows from the backup order and who joined). It is parsed
-//! into `raw` structs, then `validate`d into a [`RecoveryDomain`] whose
-//! every field has been checked; all problems found are reported at once.
+//! here the group primary follows from the backup order and who joined).
+//! It is parsed into `raw` structs, then `validate`d into a
+//! [`RecoveryDomain`] whose every field has been checked; all problems
+//! found are reported at once.
 
 mod raw;
 mod validate;
