@@ -320,3 +320,47 @@ fn mirroring_waits_for_both_configurations_and_a_large_enough_copy() {
     let from = Desired::of(&s, b1).mirror_from;
     assert_eq!(from.get(&res("payroll-dr")).map(|l| l.peer), Some(a1));
 }
+
+#[test]
+fn member_with_another_recovery_domain_file_is_refused() {
+    let d = domain(TWO_SITES);
+    let a1 = id(&d, "a1");
+    let mut c = Cluster::new(d.clone());
+    c.start(a1);
+
+    // is not enough, so change the mode).
+    let other = domain(&TWO_SITES.replace("mode = \"sync\"", "mode = \"async\""));
+    assert_ne!(other.fingerprint(), d.fingerprint());
+    let a2 = id(&other, "a2");
+    let actions = step(
+        c.state(),
+        a2,
+        Event::Started {
+            accessible: accessible(&other, a2),
+            domain: DomainSpec::from(&other),
+        },
+    );
+    let [Action::Propose(join)] = actions.as_slice() else {
+        panic!("one join expected: {actions:?}");
+    };
+    let mut s = c.state().clone();
+    let err = s.apply(join).expect_err("another file");
+    assert!(
+        matches!(err, StateError::FingerprintMismatch { .. }),
+        "{err}"
+    );
+    assert_eq!(&s, c.state());
+}
+
+#[test]
+fn losing_a_disk_the_member_does_not_use_changes_nothing() {
+    let d = domain(TWO_SITES);
+    let (a1, b1) = (id(&d, "a1"), id(&d, "b1"));
+    let mut c = Cluster::new(d);
+    c.start(a1);
+    let lost = Event::DiskLost {
+        resource: res("payroll-dr"),
+    };
+    assert_eq!(step(c.state(), a1, lost.clone()), vec![]);
+    assert_eq!(step(c.state(), b1, lost), vec![], "b1 is not joined");
+}
