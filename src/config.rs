@@ -1,1 +1,0 @@
-//! The recovery-domain file (TOML), identical on every member, and its validation.
