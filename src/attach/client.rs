@@ -47,6 +47,9 @@ impl ExportInfo {
     pub fn can_fua(&self) -> bool {
         self.flags & NBD_FLAG_SEND_FUA != 0
     }
+    pub fn can_write_zeroes(&self) -> bool {
+        self.flags & NBD_FLAG_SEND_WRITE_ZEROES != 0
+    }
     pub fn can_multi_conn(&self) -> bool {
         self.flags & NBD_FLAG_CAN_MULTI_CONN != 0
     }

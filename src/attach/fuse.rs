@@ -253,6 +253,63 @@ impl Filesystem for VolumeFs {
         }
     }
 
+    /// Discards from a loop device arrive as PUNCH_HOLE|KEEP_SIZE, zeroing
+    /// as ZERO_RANGE: both become NBD_CMD_WRITE_ZEROES. Plain allocation is
+    /// a no-op (the volume is all there); growing it is refused.
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        if ino != FILE_INO {
+            return reply.error(Errno::EISDIR);
+        }
+        let vol = self.client.info().size;
+        let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let end = offset.saturating_add(length);
+        if end > vol && !keep_size {
+            return reply.error(Errno::EFBIG);
+        }
+        let length = end.min(vol).saturating_sub(offset);
+        let zero = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+        if mode & !(zero | libc::FALLOC_FL_KEEP_SIZE) != 0 {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
+        if mode & zero == 0 || length == 0 {
+            return reply.ok();
+        }
+        match self.client.write_zeroes(offset, length) {
+            Ok(()) => reply.ok(),
+            Err(e) if e.errno() == libc::EOPNOTSUPP => reply.error(Errno::EOPNOTSUPP),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    /// No extended attributes are stored; say so without noise.
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: fuser::ReplyXattr,
+    ) {
+        reply.error(Errno::ENODATA);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
+        if size == 0 {
+            reply.size(0);
+        } else {
+            reply.data(&[]);
+        }
+    }
+
     fn readdir(
         &self,
         _req: &Request,

@@ -53,6 +53,8 @@ pub const NBD_FLAG_SEND_FLUSH: u16 = 1 << 2;
 pub const NBD_FLAG_SEND_FUA: u16 = 1 << 3;
 /// Transmission flag: the server accepts NBD_CMD_TRIM.
 pub const NBD_FLAG_SEND_TRIM: u16 = 1 << 5;
+/// Transmission flag: the server accepts NBD_CMD_WRITE_ZEROES.
+pub const NBD_FLAG_SEND_WRITE_ZEROES: u16 = 1 << 6;
 /// Transmission flag: flushes on one connection cover all connections.
 pub const NBD_FLAG_CAN_MULTI_CONN: u16 = 1 << 8;
 
@@ -68,6 +70,8 @@ pub const NBD_CMD_WRITE: u16 = 1;
 pub const NBD_CMD_DISC: u16 = 2;
 /// Command: flush.
 pub const NBD_CMD_FLUSH: u16 = 3;
+/// Command: write zeroes (the server may deallocate the range).
+pub const NBD_CMD_WRITE_ZEROES: u16 = 6;
 /// Command flag: forced unit access.
 pub const NBD_CMD_FLAG_FUA: u16 = 1 << 0;
 
