@@ -10,12 +10,17 @@ use super::error::AttachError;
 use super::sys::*;
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 /// Most requests in flight on one connection.
 pub const INFLIGHT_MAX: usize = 64;
+/// How long one request may wait for its reply. After that the connection
+/// is considered dead (as the kernel driver does on its timeout): every
+/// waiter fails rather than hanging the filesystem forever.
+pub const REQUEST_TIMEOUT_MS: u64 = 120_000;
 /// Largest payload of one request: the spec's 32 MiB, or less if the server
 /// says so (doc/proto.md § "Block size constraints").
 pub const REQUEST_BYTES_MAX: u32 = 32 << 20;
@@ -34,6 +39,9 @@ struct Inflight {
     next_cookie: u64,
     pending: HashMap<u64, Pending>,
     closed: bool,
+    /// The server answered ESHUTDOWN: no new requests, and we owe it a
+    /// soft disconnect (doc/proto.md § "Terminating the transmission phase").
+    server_shutdown: bool,
 }
 
 struct Shared {
@@ -57,10 +65,18 @@ impl Shared {
     }
 }
 
+/// The sending side: requests go out whole under this lock.
+struct Writer {
+    stream: Stream,
+    disc_sent: bool,
+}
+
 /// One NBD connection in transmission phase, shared by many threads.
 pub struct NbdClient {
     info: ExportInfo,
-    writer: Mutex<Stream>,
+    writer: Mutex<Writer>,
+    /// Another handle on the socket, to shut it down without the writer lock.
+    control: Stream,
     shared: Arc<Shared>,
     reader: Option<JoinHandle<()>>,
 }
@@ -75,6 +91,7 @@ impl NbdClient {
     /// Drives an already negotiated `stream`.
     pub fn start(stream: Stream, info: ExportInfo) -> Result<NbdClient, AttachError> {
         let read_half = stream.try_clone()?;
+        let control = stream.try_clone()?;
         let shared = Arc::new(Shared {
             inflight: Mutex::new(Inflight::default()),
             slot_free: Condvar::new(),
@@ -85,7 +102,11 @@ impl NbdClient {
             .spawn(move || read_replies(read_half, &s2))?;
         Ok(NbdClient {
             info,
-            writer: Mutex::new(stream),
+            writer: Mutex::new(Writer {
+                stream,
+                disc_sent: false,
+            }),
+            control,
             shared,
             reader: Some(reader),
         })
@@ -205,7 +226,12 @@ impl NbdClient {
                     .wait(g)
                     .unwrap_or_else(|p| p.into_inner());
             }
-            if g.closed {
+            if g.closed || g.server_shutdown {
+                let disc = g.server_shutdown && g.pending.is_empty();
+                drop(g);
+                if disc {
+                    self.send_disc();
+                }
                 return Err(AttachError::Closed);
             }
             let cookie = g.next_cookie;
@@ -223,26 +249,50 @@ impl NbdClient {
         header[24..28].copy_from_slice(&len.to_be_bytes());
         let sent = {
             let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-            w.write_all(&header).and_then(|()| w.write_all(data))
+            w.stream
+                .write_all(&header)
+                .and_then(|()| w.stream.write_all(data))
         };
         if let Err(e) = sent {
             // A half-written request desynchronises the stream: give up on it.
             self.shared.close();
             return Err(AttachError::Io(e));
         }
-        rx.recv().unwrap_or(Err(AttachError::Closed))
+        match rx.recv_timeout(Duration::from_millis(REQUEST_TIMEOUT_MS)) {
+            Ok(reply) => reply,
+            Err(RecvTimeoutError::Disconnected) => Err(AttachError::Closed),
+            Err(RecvTimeoutError::Timeout) => {
+                tracing::error!(
+                    "NBD request unanswered after {REQUEST_TIMEOUT_MS} ms: dropping the connection"
+                );
+                self.shared.close();
+                let _ = self.control.shutdown();
+                Err(AttachError::Io(std::io::ErrorKind::TimedOut.into()))
+            }
+        }
+    }
+}
+
+impl NbdClient {
+    /// NBD_CMD_DISC, once: the server finishes outstanding requests, then
+    /// closes the connection.
+    fn send_disc(&self) {
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if w.disc_sent {
+            return;
+        }
+        let mut header = [0u8; 28];
+        header[0..4].copy_from_slice(&NBD_REQUEST_MAGIC.to_be_bytes());
+        header[6..8].copy_from_slice(&NBD_CMD_DISC.to_be_bytes());
+        let _ = w.stream.write_all(&header);
+        w.disc_sent = true;
     }
 }
 
 impl Drop for NbdClient {
     fn drop(&mut self) {
-        // NBD_CMD_DISC: the server finishes outstanding requests, then closes.
-        let mut header = [0u8; 28];
-        header[0..4].copy_from_slice(&NBD_REQUEST_MAGIC.to_be_bytes());
-        header[6..8].copy_from_slice(&NBD_CMD_DISC.to_be_bytes());
-        let w = self.writer.get_mut().unwrap_or_else(|p| p.into_inner());
-        let _ = w.write_all(&header);
-        let _ = w.shutdown();
+        self.send_disc();
+        let _ = self.control.shutdown();
         self.shared.close();
         if let Some(r) = self.reader.take() {
             let _ = r.join();
@@ -285,6 +335,12 @@ fn read_one(s: &mut Stream, shared: &Shared) -> Result<(), AttachError> {
         .remove(&cookie)
         .ok_or_else(|| AttachError::Protocol(format!("reply to unknown cookie {cookie}")))?;
     shared.slot_free.notify_one();
+    // doc/proto.md § "Simple reply message" lists read data after the
+    // header; with an error, servers (qemu-nbd, nbdkit) and clients (the
+    // kernel driver, libnbd) agree that none follows, and so do we.
+    if errno == libc::ESHUTDOWN as u32 {
+        shared.lock().server_shutdown = true;
+    }
     let reply = if errno != 0 {
         Err(AttachError::Server {
             errno: i32::try_from(errno).unwrap_or(libc::EIO),
@@ -297,4 +353,150 @@ fn read_one(s: &mut Stream, shared: &Shared) -> Result<(), AttachError> {
     };
     let _ = pending.done.send(reply);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    fn info(size: u64) -> ExportInfo {
+        ExportInfo {
+            size,
+            flags: NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH,
+            block_min: 1,
+            block_preferred: 4096,
+            block_max: 1 << 25,
+        }
+    }
+
+    /// Reads one request from the client side: (type, cookie, offset, len).
+    fn read_request(s: &mut UnixStream) -> (u16, u64, u64, u32) {
+        let mut h = [0u8; 28];
+        s.read_exact(&mut h).expect("request header");
+        assert_eq!(
+            u32::from_be_bytes(h[0..4].try_into().expect("4")),
+            NBD_REQUEST_MAGIC
+        );
+        let kind = u16::from_be_bytes(h[6..8].try_into().expect("2"));
+        let cookie = u64::from_be_bytes(h[8..16].try_into().expect("8"));
+        let offset = u64::from_be_bytes(h[16..24].try_into().expect("8"));
+        let len = u32::from_be_bytes(h[24..28].try_into().expect("4"));
+        (kind, cookie, offset, len)
+    }
+
+    fn reply(s: &mut UnixStream, errno: u32, cookie: u64, data: &[u8]) {
+        let mut r = NBD_SIMPLE_REPLY_MAGIC.to_be_bytes().to_vec();
+        r.extend_from_slice(&errno.to_be_bytes());
+        r.extend_from_slice(&cookie.to_be_bytes());
+        r.extend_from_slice(data);
+        s.write_all(&r).expect("reply");
+    }
+
+    #[test]
+    fn replies_out_of_order_reach_the_right_callers() {
+        let (ours, mut srv) = UnixStream::pair().expect("socketpair");
+        let c = Arc::new(NbdClient::start(Stream::Unix(ours), info(1 << 20)).expect("start"));
+        let c1 = Arc::clone(&c);
+        let a = std::thread::spawn(move || c1.read(0, 4).expect("read a"));
+        let first = read_request(&mut srv);
+        let c2 = Arc::clone(&c);
+        let b = std::thread::spawn(move || c2.read(4096, 4).expect("read b"));
+        let second = read_request(&mut srv);
+        assert_ne!(first.1, second.1, "cookies are unique");
+        // Answer the second request first.
+        reply(&mut srv, 0, second.1, b"BBBB");
+        reply(&mut srv, 0, first.1, b"AAAA");
+        assert_eq!(a.join().expect("thread a"), b"AAAA");
+        assert_eq!(b.join().expect("thread b"), b"BBBB");
+    }
+
+    #[test]
+    fn server_errno_is_returned_and_the_connection_goes_on() {
+        let (ours, mut srv) = UnixStream::pair().expect("socketpair");
+        let c = Arc::new(NbdClient::start(Stream::Unix(ours), info(1 << 20)).expect("start"));
+        let c1 = Arc::clone(&c);
+        let t = std::thread::spawn(move || c1.write(0, b"xy", false));
+        let (kind, cookie, _, len) = read_request(&mut srv);
+        assert_eq!((kind, len), (NBD_CMD_WRITE, 2));
+        let mut payload = [0u8; 2];
+        srv.read_exact(&mut payload).expect("payload");
+        reply(&mut srv, libc::ENOSPC as u32, cookie, &[]);
+        let e = t.join().expect("thread").expect_err("ENOSPC");
+        assert_eq!(e.errno(), libc::ENOSPC);
+        let c2 = Arc::clone(&c);
+        let t = std::thread::spawn(move || c2.flush());
+        let (kind, cookie, _, _) = read_request(&mut srv);
+        assert_eq!(kind, NBD_CMD_FLUSH);
+        reply(&mut srv, 0, cookie, &[]);
+        t.join().expect("thread").expect("flush");
+    }
+
+    #[test]
+    fn corrupt_reply_fails_waiters_instead_of_hanging() {
+        let (ours, mut srv) = UnixStream::pair().expect("socketpair");
+        let c = Arc::new(NbdClient::start(Stream::Unix(ours), info(1 << 20)).expect("start"));
+        let c1 = Arc::clone(&c);
+        let t = std::thread::spawn(move || c1.read(0, 512));
+        let _ = read_request(&mut srv);
+        srv.write_all(&[0xde; 16]).expect("garbage");
+        assert!(matches!(
+            t.join().expect("thread"),
+            Err(AttachError::Closed)
+        ));
+        assert!(
+            matches!(c.flush(), Err(AttachError::Closed)),
+            "dead connection refuses new requests"
+        );
+    }
+
+    #[test]
+    fn reply_to_unknown_cookie_closes_the_connection() {
+        let (ours, mut srv) = UnixStream::pair().expect("socketpair");
+        let c = NbdClient::start(Stream::Unix(ours), info(1 << 20)).expect("start");
+        reply(&mut srv, 0, 999, &[]);
+        // The reader notices, then every request fails.
+        let mut closed = false;
+        for _ in 0..200 {
+            if matches!(c.flush(), Err(AttachError::Closed)) {
+                closed = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(closed);
+    }
+
+    #[test]
+    fn eshutdown_refuses_new_requests_and_sends_disc() {
+        let (ours, mut srv) = UnixStream::pair().expect("socketpair");
+        let c = Arc::new(NbdClient::start(Stream::Unix(ours), info(1 << 20)).expect("start"));
+        let c1 = Arc::clone(&c);
+        let t = std::thread::spawn(move || c1.flush());
+        let (_, cookie, _, _) = read_request(&mut srv);
+        reply(&mut srv, libc::ESHUTDOWN as u32, cookie, &[]);
+        assert_eq!(
+            t.join().expect("thread").expect_err("shutdown").errno(),
+            libc::ESHUTDOWN
+        );
+        assert!(matches!(c.flush(), Err(AttachError::Closed)));
+        let (kind, ..) = read_request(&mut srv);
+        assert_eq!(kind, NBD_CMD_DISC, "soft disconnect follows ESHUTDOWN");
+    }
+
+    #[test]
+    fn misaligned_request_is_refused_when_the_server_needs_blocks() {
+        let (ours, _srv) = UnixStream::pair().expect("socketpair");
+        let mut i = info(1 << 20);
+        i.block_min = 512;
+        let c = NbdClient::start(Stream::Unix(ours), i).expect("start");
+        assert!(matches!(
+            c.read(100, 512),
+            Err(AttachError::InvalidRequest(_))
+        ));
+        assert!(matches!(
+            c.write(0, &[0; 100], false),
+            Err(AttachError::InvalidRequest(_))
+        ));
+    }
 }
