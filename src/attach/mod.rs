@@ -22,6 +22,7 @@ pub mod loopdev;
 pub mod netlink;
 pub mod pipeline;
 pub mod process;
+pub mod stream;
 pub mod sys;
 
 pub use address::{Endpoint, NbdAddress};
