@@ -171,7 +171,10 @@ impl Filesystem for VolumeFs {
         if flags.acc_mode() != OpenAccMode::O_RDONLY && self.client.info().read_only() {
             return reply.error(Errno::EROFS);
         }
-        reply.opened(FileHandle(0), FopenFlags::empty());
+        // Writes never extend the file, so O_DIRECT writers need not be
+        // serialised on the inode lock: the NBD client keeps them in flight
+        // together, as a block device would.
+        reply.opened(FileHandle(0), FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES);
     }
 
     fn read(

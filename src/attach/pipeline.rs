@@ -277,6 +277,9 @@ impl NbdClient {
     /// NBD_CMD_DISC, once: the server finishes outstanding requests, then
     /// closes the connection.
     fn send_disc(&self) {
+        // Closed first, so the reader takes the end of the stream that
+        // follows for the disconnect it is and not for a lost connection.
+        self.shared.close();
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         if w.disc_sent {
             return;
@@ -293,7 +296,6 @@ impl Drop for NbdClient {
     fn drop(&mut self) {
         self.send_disc();
         let _ = self.control.shutdown();
-        self.shared.close();
         if let Some(r) = self.reader.take() {
             let _ = r.join();
         }
