@@ -246,3 +246,22 @@ fn attach_with_malformed_address_fails_with_the_reason() {
         "{stderr}"
     );
 }
+
+#[test]
+fn attach_refuses_a_device_that_is_not_a_block_device() {
+    if Path::new("/sys/module/nbd").exists() {
+        // With the driver loaded, --device would go to the kernel: not here.
+        return;
+    }
+    let dir = common::tempdir();
+    let fake = dir.path().join("nbd7");
+    std::fs::write(&fake, b"").expect("create file");
+    let out = Command::new(common::bin())
+        .args(["attach", "--nbd", "unix:/nonexistent", "--device"])
+        .arg(&fake)
+        .output()
+        .expect("run geomirror attach");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not a block device"), "{stderr}");
+}

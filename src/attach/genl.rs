@@ -121,12 +121,12 @@ impl GenlSocket {
         self.seq
     }
 
-    /// The id of the `nbd` family; `Ok(None)` when the kernel has none
-    /// (module not loaded or not built).
-    pub fn nbd_family(&mut self) -> Result<Option<u16>, AttachError> {
+    /// The id of generic netlink family `name`; `Ok(None)` when the kernel
+    /// has no such family.
+    pub fn family(&mut self, name: &str) -> Result<Option<u16>, AttachError> {
         let seq = self.next_seq();
-        let msg = netlink::get_family(seq, NBD_GENL_FAMILY_NAME);
-        match self.exchange("CTRL_CMD_GETFAMILY nbd", seq, &msg) {
+        let msg = netlink::get_family(seq, name);
+        match self.exchange("CTRL_CMD_GETFAMILY", seq, &msg) {
             Ok(answers) => Ok(answers.iter().find_map(|a| match a {
                 Answer::Genl { attrs, .. } => netlink::family_id(attrs),
                 _ => None,
@@ -138,6 +138,12 @@ impl GenlSocket {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// The id of the `nbd` family; `Ok(None)` when the nbd module is not
+    /// loaded (or not built).
+    pub fn nbd_family(&mut self) -> Result<Option<u16>, AttachError> {
+        self.family(NBD_GENL_FAMILY_NAME)
     }
 
     /// NBD_CMD_CONNECT; returns the index of the device the kernel used.
@@ -160,5 +166,28 @@ impl GenlSocket {
         let seq = self.next_seq();
         let msg = netlink::disconnect(family, seq, index);
         self.exchange("NBD_CMD_DISCONNECT", seq, &msg).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn getfamily_against_the_running_kernel_finds_the_controller() {
+        let mut s = GenlSocket::open().expect("generic netlink socket");
+        // The controller names itself "nlctrl" with the fixed id GENL_ID_CTRL.
+        let id = s.family("nlctrl").expect("exchange");
+        assert_eq!(id, Some(crate::attach::sys::GENL_ID_CTRL));
+        assert_eq!(s.family("gm-nosuchfam").expect("exchange"), None);
+        // Several requests on one socket keep their sequence numbers apart.
+        assert_eq!(s.family("nlctrl").expect("exchange"), id);
+    }
+
+    #[test]
+    fn nbd_family_matches_whether_the_module_is_loaded() {
+        let mut s = GenlSocket::open().expect("generic netlink socket");
+        let loaded = std::path::Path::new("/sys/module/nbd").exists();
+        assert_eq!(s.nbd_family().expect("exchange").is_some(), loaded);
     }
 }

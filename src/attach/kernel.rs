@@ -10,6 +10,7 @@ use super::genl::GenlSocket;
 use super::ioctl::{self, IoctlAttachment};
 use super::netlink::ConnectParams;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
 /// Most sockets per device (the kernel driver has one queue per socket).
@@ -91,10 +92,13 @@ fn find_driver(device: Option<&str>) -> Result<Driver, AttachError> {
         Err(e) => tracing::debug!("generic netlink unavailable: {e}"),
     }
     let dev = device.unwrap_or("/dev/nbd0");
-    if Path::new(dev).exists() {
-        Ok(Driver::Ioctl(dev.to_string()))
-    } else {
-        Err(AttachError::NoNbdModule)
+    match std::fs::metadata(dev) {
+        Ok(m) if m.file_type().is_block_device() => Ok(Driver::Ioctl(dev.to_string())),
+        Ok(_) => Err(AttachError::BadAddress {
+            addr: dev.to_string(),
+            reason: "not a block device".into(),
+        }),
+        Err(_) => Err(AttachError::NoNbdModule),
     }
 }
 
