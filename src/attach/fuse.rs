@@ -36,10 +36,8 @@ impl VolumeFs {
         VolumeFs {
             client,
             name: OsString::from(name),
-            // SAFETY: getuid/getgid have no preconditions.
-            uid: unsafe { libc::getuid() },
-            // SAFETY: as above.
-            gid: unsafe { libc::getgid() },
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
             mounted_at: SystemTime::now(),
         }
     }

@@ -93,9 +93,9 @@ impl GenlSocket {
         let mut got = Vec::new();
         let mut buf = vec![0u8; DATAGRAM_BYTES_MAX];
         for _ in 0..DATAGRAMS_MAX {
-            // SAFETY: `buf` is valid for writes of its length.
-            let n =
-                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            let (fd, ptr, len) = (self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len());
+            // SAFETY: `ptr` points at `buf`, valid for writes of `len` bytes.
+            let n = unsafe { libc::recv(fd, ptr, len, 0) };
             if n < 0 {
                 return Err(err(io::Error::last_os_error()));
             }

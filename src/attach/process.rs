@@ -18,8 +18,7 @@ pub fn harden() {
             io::Error::last_os_error()
         );
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         // Without CAP_IPC_LOCK, MCL_FUTURE would make later allocations fail
         // once RLIMIT_MEMLOCK is reached: better not lock at all.
         tracing::warn!("not root: memory is not locked (mlockall skipped)");
