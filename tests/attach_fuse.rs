@@ -37,6 +37,10 @@ impl Drop for Cleanup {
 }
 
 fn qemu_nbd(dir: &Path, size: u64) -> (Proc, PathBuf, PathBuf) {
+    qemu_nbd_with(dir, size, &[])
+}
+
+fn qemu_nbd_with(dir: &Path, size: u64, extra: &[&str]) -> (Proc, PathBuf, PathBuf) {
     let img = dir.join("disk.img");
     std::fs::File::create(&img)
         .and_then(|f| f.set_len(size))
@@ -53,6 +57,7 @@ fn qemu_nbd(dir: &Path, size: u64) -> (Proc, PathBuf, PathBuf) {
             "vol",
             "-t",
         ])
+        .args(extra)
         .arg(&img)
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("dup"))
@@ -251,4 +256,47 @@ fn fuse_loop_device_carries_ext4_through_mkfs_mount_umount_and_fsck() {
         );
     }
     common::run_ok(Command::new("umount").arg(&check));
+}
+
+#[test]
+fn read_only_export_gives_a_read_only_file() {
+    if !common::require(&["qemu-nbd", "fusermount3"]) || !Path::new("/dev/fuse").exists() {
+        assert!(!common::strict(), "/dev/fuse is missing");
+        return;
+    }
+    let dir = common::tempdir();
+    let (_srv, sock, img) = qemu_nbd_with(dir.path(), MIB, &["-r"]);
+    std::fs::write(&img, vec![0x5a; MIB as usize]).expect("fill image");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let mut cleanup = Cleanup::default();
+    cleanup.push("fusermount3", &["-u", "-z", mnt.to_str().expect("utf-8")]);
+    let log = dir.path().join("attach.log");
+    let nbd = format!("unix:{}", sock.display());
+    let p = Proc::geomirror(
+        &[
+            "attach",
+            "--nbd",
+            &nbd,
+            "--name",
+            "vol",
+            "--fuse",
+            mnt.to_str().expect("utf-8"),
+        ],
+        &log,
+    );
+    let file = mnt.join("vol");
+    common::wait_until("the FUSE file", Duration::from_secs(20), || {
+        std::fs::metadata(&file).is_ok()
+    });
+    assert_eq!(
+        std::fs::read(&file).expect("read"),
+        vec![0x5a; MIB as usize]
+    );
+    let e = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .expect_err("read-only");
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    stop_cleanly(p, libc::SIGTERM, &mnt, &log);
 }

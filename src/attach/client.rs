@@ -148,16 +148,15 @@ pub fn handshake<S: Read + Write>(s: &mut S, export: &str) -> Result<ExportInfo,
             }
             NBD_REP_ERR_UNSUP => return export_name_fallback(s, export, no_zeroes),
             k if k & NBD_REP_FLAG_ERROR != 0 => {
+                let msg = String::from_utf8_lossy(&payload);
+                let reason = match msg.trim() {
+                    "" => rep_error_name(k).to_string(),
+                    m => format!("{}: {m}", rep_error_name(k)),
+                };
                 return Err(AttachError::Refused {
                     export: export.to_string(),
-                    reason: format!(
-                        "{} {}",
-                        rep_error_name(k),
-                        String::from_utf8_lossy(&payload)
-                    )
-                    .trim_end()
-                    .to_string(),
-                })
+                    reason,
+                });
             }
             k => {
                 return Err(AttachError::Protocol(format!(

@@ -10,15 +10,11 @@ pub enum AttachError {
     #[error("bad NBD address {addr:?}: {reason}")]
     BadAddress { addr: String, reason: String },
     /// Connecting to the export's socket failed.
-    #[error("cannot connect to {addr}: {source}")]
-    Connect {
-        addr: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error("cannot connect to {addr}: {cause}")]
+    Connect { addr: String, cause: io::Error },
     /// A read or write on an NBD connection failed.
     #[error("NBD connection I/O: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
     /// The server broke the NBD protocol (bad magic, impossible length…).
     #[error("NBD protocol violation: {0}")]
     Protocol(String),
@@ -44,31 +40,33 @@ pub enum AttachError {
     )]
     NoNbdModule,
     /// A netlink exchange with the kernel failed.
-    #[error("netlink {what}: {source}")]
+    #[error("netlink {what}: {cause}")]
     Netlink {
         what: &'static str,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
     /// An ioctl on a device failed.
-    #[error("{what} on {device}: {source}")]
+    #[error("{what} on {device}: {cause}")]
     Ioctl {
         what: &'static str,
         device: String,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
     /// A value does not fit the kernel interface (e.g. a size in an unsigned
     /// long on a 32-bit machine).
     #[error("{0}")]
     Unrepresentable(String),
     /// Mounting or serving the FUSE file failed.
-    #[error("FUSE mount on {dir}: {source}")]
-    Fuse {
-        dir: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error("FUSE mount on {dir}: {cause}")]
+    Fuse { dir: String, cause: io::Error },
+}
+
+// Causes are part of each message rather than a `source()` chain: the CLI
+// prints chains with `{:#}`, which would say every cause twice.
+impl From<io::Error> for AttachError {
+    fn from(e: io::Error) -> AttachError {
+        AttachError::Io(e)
+    }
 }
 
 impl AttachError {
@@ -87,7 +85,7 @@ impl AttachError {
         AttachError::Ioctl {
             what,
             device: device.to_string(),
-            source: io::Error::last_os_error(),
+            cause: io::Error::last_os_error(),
         }
     }
 }

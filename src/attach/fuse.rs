@@ -14,6 +14,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+/// Attempts at unmounting while the mount is briefly busy (a process
+/// closing the file, a child still holding an inherited descriptor).
+const UNMOUNT_ATTEMPTS_MAX: u32 = 50;
+/// Pause between those attempts.
+const UNMOUNT_RETRY_MS: u64 = 100;
 /// Threads serving FUSE requests: each can have one NBD request in flight.
 pub const FUSE_THREADS: usize = 4;
 /// Largest write the kernel sends us in one request.
@@ -364,8 +369,31 @@ pub fn mount(
     ];
     cfg.n_threads = Some(FUSE_THREADS);
     let fs = VolumeFs::new(client, name);
-    fuser::spawn_mount(fs, dir, &cfg).map_err(|source| AttachError::Fuse {
+    fuser::spawn_mount(fs, dir, &cfg).map_err(|cause| AttachError::Fuse {
         dir: dir.display().to_string(),
-        source,
+        cause,
     })
+}
+
+/// Unmounts `dir` and stops the session, retrying a bounded number of times
+/// while the mount is busy rather than failing on a transient holder.
+pub fn unmount(session: fuser::BackgroundSession, dir: &Path) -> Result<(), AttachError> {
+    let err = |cause| AttachError::Fuse {
+        dir: dir.display().to_string(),
+        cause,
+    };
+    for _ in 0..UNMOUNT_ATTEMPTS_MAX {
+        match nix::mount::umount2(dir, nix::mount::MntFlags::empty()) {
+            Err(nix::errno::Errno::EBUSY) => {
+                std::thread::sleep(Duration::from_millis(UNMOUNT_RETRY_MS));
+            }
+            // Unmounted now, or already (EINVAL: someone ran umount): the
+            // session ends by itself. (fuser then tries its own unmount once
+            // more when dropped, and logs that it found nothing to unmount.)
+            Ok(()) | Err(nix::errno::Errno::EINVAL) => return session.join().map_err(err),
+            // EPERM: not root, fuser unmounts through fusermount3.
+            Err(_) => break,
+        }
+    }
+    session.umount_and_join().map_err(err)
 }

@@ -25,9 +25,9 @@ pub struct GenlSocket {
 
 impl GenlSocket {
     pub fn open() -> Result<GenlSocket, AttachError> {
-        let err = |source| AttachError::Netlink {
+        let err = |cause| AttachError::Netlink {
             what: "socket",
-            source,
+            cause,
         };
         // SAFETY: socket(2) with constant arguments; the result is checked
         // and owned below.
@@ -72,7 +72,7 @@ impl GenlSocket {
         seq: u32,
         msg: &[u8],
     ) -> Result<Vec<Answer>, AttachError> {
-        let err = |source| AttachError::Netlink { what, source };
+        let err = |cause| AttachError::Netlink { what, cause };
         // SAFETY: the kernel's address (all zero, nl_family AF_NETLINK) is a
         // valid sockaddr_nl; `msg` is valid for its length.
         let sent = unsafe {
@@ -131,8 +131,8 @@ impl GenlSocket {
                 Answer::Genl { attrs, .. } => netlink::family_id(attrs),
                 _ => None,
             })),
-            Err(AttachError::Netlink { source, .. })
-                if source.raw_os_error() == Some(libc::ENOENT) =>
+            Err(AttachError::Netlink { cause, .. })
+                if cause.raw_os_error() == Some(libc::ENOENT) =>
             {
                 Ok(None)
             }
@@ -157,7 +157,7 @@ impl GenlSocket {
         });
         index.or(p.index).ok_or_else(|| AttachError::Netlink {
             what: "NBD_CMD_CONNECT",
-            source: io::Error::new(io::ErrorKind::InvalidData, "no device index in the answer"),
+            cause: io::Error::new(io::ErrorKind::InvalidData, "no device index in the answer"),
         })
     }
 

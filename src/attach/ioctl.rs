@@ -86,10 +86,10 @@ pub fn attach(
         .read(true)
         .write(true)
         .open(device)
-        .map_err(|source| AttachError::Ioctl {
+        .map_err(|cause| AttachError::Ioctl {
             what: "open",
             device: device.to_string(),
-            source,
+            cause,
         })?;
     for c in size_calls(info.size, block)? {
         call(&dev, device, c)?;
@@ -200,10 +200,10 @@ pub fn disconnect(device: &str) -> Result<(), AttachError> {
         .read(true)
         .write(true)
         .open(device)
-        .map_err(|source| AttachError::Ioctl {
+        .map_err(|cause| AttachError::Ioctl {
             what: "open",
             device: device.to_string(),
-            source,
+            cause,
         })?;
     disconnect_file(&dev, device)
 }

@@ -155,8 +155,13 @@ pub fn attach(addr: &NbdAddress, opts: &KernelOptions) -> Result<Attached, Attac
     }
 }
 
-/// Disconnects `/dev/nbdN` (netlink, else ioctl).
+/// Disconnects `/dev/nbdN` (netlink, else ioctl). The udev name
+/// `/dev/geomirror/<group>` works too: it is resolved to its device.
 pub fn detach(device: &str) -> Result<(), AttachError> {
+    let resolved = std::fs::canonicalize(device)
+        .ok()
+        .and_then(|p| p.to_str().map(str::to_string));
+    let device = resolved.as_deref().unwrap_or(device);
     let index = device_index(device)?;
     match find_driver(Some(device))? {
         Driver::Netlink(mut sock, family) => sock.disconnect(family, index),

@@ -24,10 +24,10 @@ pub struct LoopDevice {
 
 /// Binds a free loop device to `backing`.
 pub fn attach(backing: &Path, read_only: bool) -> Result<LoopDevice, AttachError> {
-    let ioctl_err = |what, device: &str, source| AttachError::Ioctl {
+    let ioctl_err = |what, device: &str, cause| AttachError::Ioctl {
         what,
         device: device.to_string(),
-        source,
+        cause,
     };
     let ctl =
         File::open("/dev/loop-control").map_err(|e| ioctl_err("open", "/dev/loop-control", e))?;
@@ -68,7 +68,7 @@ pub fn attach(backing: &Path, read_only: bool) -> Result<LoopDevice, AttachError
     Err(AttachError::Ioctl {
         what: "LOOP_SET_FD",
         device: "/dev/loop*".into(),
-        source: io::Error::from_raw_os_error(libc::EBUSY),
+        cause: io::Error::from_raw_os_error(libc::EBUSY),
     })
 }
 
@@ -80,7 +80,7 @@ fn ensure_node(path: &str, n: u64) -> Result<(), AttachError> {
         Ok(_) => Err(AttachError::Ioctl {
             what: "open",
             device: path.into(),
-            source: io::Error::other("exists but is not a block device"),
+            cause: io::Error::other("exists but is not a block device"),
         }),
         Err(_) => nix::sys::stat::mknod(
             path,
@@ -91,7 +91,7 @@ fn ensure_node(path: &str, n: u64) -> Result<(), AttachError> {
         .map_err(|e| AttachError::Ioctl {
             what: "mknod",
             device: path.into(),
-            source: e.into(),
+            cause: e.into(),
         }),
     }
 }

@@ -167,7 +167,7 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 fn bad(what: &str) -> AttachError {
     AttachError::Netlink {
         what: "reply",
-        source: io::Error::new(io::ErrorKind::InvalidData, what.to_string()),
+        cause: io::Error::new(io::ErrorKind::InvalidData, what.to_string()),
     }
 }
 

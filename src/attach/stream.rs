@@ -27,9 +27,9 @@ impl Stream {
                 Stream::Tcp(s)
             }),
         };
-        res.map_err(|source| AttachError::Connect {
+        res.map_err(|cause| AttachError::Connect {
             addr: endpoint.to_string(),
-            source,
+            cause,
         })
     }
 

@@ -149,7 +149,7 @@ fn run_fuse(
             result = Err(anyhow::Error::new(e).context("detach the loop device"));
         }
     }
-    if let Err(e) = session.umount_and_join() {
+    if let Err(e) = fuse::unmount(session, dir) {
         result = result.and(Err(
             anyhow::Error::new(e).context(format!("unmount {}", dir.display()))
         ));
