@@ -265,3 +265,28 @@ fn attach_refuses_a_device_that_is_not_a_block_device() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("not a block device"), "{stderr}");
 }
+
+#[test]
+fn tcp_address_and_nbd_uri_reach_the_same_export() {
+    if !common::require(&["nbdkit"]) {
+        return;
+    }
+    let dir = common::tempdir();
+    let port = common::free_port().to_string();
+    let _srv = spawn(
+        "nbdkit",
+        &["-f", "-i", "127.0.0.1", "-p", &port, "memory", "4M"],
+        &dir.path().join("nbdkit.log"),
+    );
+    let hostport = format!("127.0.0.1:{port}");
+    common::wait_for_tcp(&hostport, Duration::from_secs(10));
+    let a = NbdClient::connect(&NbdAddress::parse(&hostport, None).expect("address")).expect("tcp");
+    a.write(8192, &pattern(3, 4096), true)
+        .expect("write with FUA");
+    drop(a);
+    // nbdkit's memory plugin keeps data across connections.
+    let uri = format!("nbd://127.0.0.1:{port}/");
+    let b = NbdClient::connect(&NbdAddress::parse(&uri, None).expect("uri")).expect("tcp");
+    assert_eq!(b.info().size, 4 * MIB);
+    assert_eq!(b.read(8192, 4096).expect("read"), pattern(3, 4096));
+}
