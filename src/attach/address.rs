@@ -142,6 +142,15 @@ mod tests {
         let a = parse("nbd://db1/vol");
         assert_eq!(a.endpoint, Endpoint::Tcp("db1:10809".into()));
         assert_eq!(a.export, "vol");
+        assert_eq!(
+            parse("nbd://[::1]/v").endpoint,
+            Endpoint::Tcp("[::1]:10809".into())
+        );
+        assert_eq!(
+            parse("nbd://[::1]:7/v").endpoint,
+            Endpoint::Tcp("[::1]:7".into())
+        );
+        assert_eq!(parse("nbd://h:7").export, "");
         let a = parse("nbd+unix:///vol?socket=/tmp/s");
         assert_eq!(a.endpoint, Endpoint::Unix("/tmp/s".into()));
         assert_eq!(a.export, "vol");
