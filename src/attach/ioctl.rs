@@ -165,6 +165,11 @@ impl IoctlAttachment {
         disconnect_file(&self.dev, &self.device)
     }
 
+    /// Whether the serving thread has returned (the device was disconnected).
+    pub fn is_finished(&self) -> bool {
+        self.serving.as_ref().is_none_or(|h| h.is_finished())
+    }
+
     /// Blocks until the device is disconnected.
     pub fn wait(mut self) -> Result<(), AttachError> {
         match self.serving.take().map(|h| h.join()) {
@@ -172,13 +177,6 @@ impl IoctlAttachment {
             Some(Err(_)) => Err(AttachError::Protocol("NBD_DO_IT thread panicked".into())),
             None => Ok(()),
         }
-    }
-}
-
-/// Whether the serving thread has returned (the device was disconnected).
-impl IoctlAttachment {
-    pub fn is_finished(&self) -> bool {
-        self.serving.as_ref().is_none_or(|h| h.is_finished())
     }
 }
 
