@@ -25,6 +25,10 @@ enum Command {
     Format(cmd::format::Args),
     /// Print the label of a disk.
     Label(cmd::label::Args),
+    /// Attach a served volume: kernel NBD device, or a FUSE file (+ loop device).
+    Attach(cmd::attach::Args),
+    /// Disconnect a kernel NBD device attached by `attach`.
+    Detach(cmd::detach::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -34,6 +38,8 @@ fn main() -> std::process::ExitCode {
         Command::Serve(a) => cmd::serve::run(a),
         Command::Format(a) => cmd::format::run(a),
         Command::Label(a) => cmd::label::run(a),
+        Command::Attach(a) => cmd::attach::run(a),
+        Command::Detach(a) => cmd::detach::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -3,6 +3,8 @@
 //! `run` functions return `anyhow::Result`: this is the edge where layer
 //! errors become messages for a person.
 
+pub mod attach;
+pub mod detach;
 pub mod format;
 pub mod label;
 pub mod serve;
