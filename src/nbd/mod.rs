@@ -8,9 +8,13 @@ pub mod consts;
 mod error;
 pub mod handshake;
 pub mod proto;
+pub mod replay;
 mod reply;
 pub mod server;
 pub mod transmission;
+
+#[cfg(test)]
+mod proto_tests;
 
 pub use error::NbdError;
 pub use server::{ListenAddr, Server, ServerConfig};
