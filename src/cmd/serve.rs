@@ -42,6 +42,9 @@ pub struct Args {
     /// Connections served at once.
     #[arg(long, default_value_t = 64)]
     pub connections_max: usize,
+    /// Time a client has to finish the NBD handshake.
+    #[arg(long, default_value_t = 10_000)]
+    pub handshake_timeout_ms: u64,
 }
 
 /// The state directory of the no-argument demo.
@@ -133,6 +136,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     rt.block_on(async move {
         let config = ServerConfig {
             connections_max: args.connections_max,
+            handshake_timeout_ms: args.handshake_timeout_ms,
             ..ServerConfig::default()
         };
         let server = Server::bind(&listen, config).await?;
