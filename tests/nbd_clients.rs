@@ -250,7 +250,7 @@ fn sigterm_with_writes_in_flight_exits_zero_and_keeps_acknowledged_writes() {
     let ready = s.dir.path().join("ready");
     let script = s.dir.path().join("writer.py");
     std::fs::write(&script, WRITER).expect("write script");
-    let mut client = debian_cmd("nbdsh")
+    let client = debian_cmd("nbdsh")
         .arg("-c")
         .arg(format!(
             "import sys; sys.argv = ['w', {:?}, {:?}]; exec(open({:?}).read())",
