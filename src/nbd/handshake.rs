@@ -6,9 +6,8 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::consts::*;
-use super::proto::{
-    self, InfoRequest, MetaRequest, OptionHeader, NAME_LEN_MAX, OPTION_LEN_MAX, PAYLOAD_LEN_MAX,
-};
+use super::option::{self, InfoRequest, MetaRequest, OptionHeader};
+use super::proto::{NAME_LEN_MAX, OPTION_LEN_MAX, PAYLOAD_LEN_MAX};
 use super::{ConnectionOptions, Export, NbdError};
 
 /// Block sizes we advertise: any byte alignment works (min 1), 4 KiB is
@@ -45,7 +44,7 @@ async fn reply<S: AsyncWrite + Unpin>(
     data: &[u8],
 ) -> Result<(), NbdError> {
     let mut out = Vec::with_capacity(OPTION_REPLY_HEADER_LEN + data.len());
-    proto::encode_option_reply(&mut out, option, kind, data);
+    option::encode_option_reply(&mut out, option, kind, data);
     s.write_all(&out).await?;
     Ok(())
 }

@@ -7,6 +7,7 @@
 pub mod consts;
 mod error;
 pub mod handshake;
+pub mod option;
 pub mod proto;
 pub mod replay;
 mod reply;

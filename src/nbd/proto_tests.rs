@@ -6,6 +6,7 @@ use std::sync::Arc;
 use proptest::prelude::*;
 
 use super::consts::*;
+use super::option::*;
 use super::proto::*;
 use super::replay::replay;
 use super::Export;
