@@ -302,3 +302,44 @@ fn sigterm_with_writes_in_flight_exits_zero_and_keeps_acknowledged_writes() {
         );
     }
 }
+
+#[test]
+fn serve_without_arguments_creates_a_demo_disk_and_prints_how_to_use_it() {
+    if !common::require(&["nbdinfo"]) {
+        return;
+    }
+    let dir = common::tempdir();
+    let log = dir.path().join("serve.log");
+    let out = std::fs::File::create(&log).expect("create log");
+    let child = Command::new(common::bin())
+        .arg("serve")
+        .env("XDG_STATE_HOME", dir.path())
+        .stdout(out.try_clone().expect("dup log"))
+        .stderr(out)
+        .spawn()
+        .expect("spawn geomirror serve");
+    let _proc = Proc {
+        child,
+        name: "geomirror serve".into(),
+    };
+    let state = dir.path().join("geomirror");
+    let uri = format!(
+        "nbd+unix:///geomirror?socket={}",
+        state.join("nbd.sock").display()
+    );
+    common::wait_until("the URI on stdout", Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains(&uri) && l.contains("losetup"))
+    });
+    let printed = std::fs::read_to_string(&log).expect("read log");
+    for hint in ["nbdinfo", "nbdfuse", "mkfs.ext4", "mount"] {
+        assert!(printed.contains(hint), "usage lacks {hint}:\n{printed}");
+    }
+    let size = run_ok(debian_cmd("nbdinfo").args(["--size", &uri]));
+    assert_eq!(size.trim(), (1u64 << 30).to_string());
+    assert_eq!(
+        std::fs::metadata(state.join("demo.img"))
+            .expect("demo disk")
+            .len(),
+        1 << 30
+    );
+}

@@ -342,3 +342,16 @@ fn a_scripted_session_writes_through_to_the_disk() {
     let disk = std::fs::read(f.path()).expect("read disk");
     assert_eq!(&disk[4096..4101], b"hello");
 }
+
+#[test]
+fn fuzz_seeds_replay_without_panic() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/nbd_session");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("seed corpus directory") {
+        let input = std::fs::read(entry.expect("dir entry").path()).expect("read seed");
+        let out = run(&input);
+        assert!(out.len() > 18, "the server answered more than its greeting");
+        n += 1;
+    }
+    assert!(n >= 4, "seed corpus has {n} files");
+}
