@@ -4,6 +4,11 @@
 use std::io::IoSlice;
 use std::ops::Range;
 
+use std::future::Future;
+use std::pin::Pin;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
 use tokio::io::{AsyncWrite, AsyncWriteExt, WriteHalf};
 use tokio::sync::mpsc;
 
@@ -34,6 +39,13 @@ pub(super) enum Body {
     BlockStatus(Vec<(u32, u32)>),
 }
 
+/// What the reader hands the writer: a finished reply, or a request still
+/// running whose future yields its reply.
+pub(super) enum Job {
+    Ready(Outgoing),
+    Pending(Pin<Box<dyn Future<Output = Outgoing> + Send>>),
+}
+
 /// A reply ready to send; its permits are released once it is written.
 pub(super) struct Outgoing {
     pub cookie: u64,
@@ -47,24 +59,46 @@ enum Seg {
     Data(usize, Range<usize>),
 }
 
-/// Write replies until every sender is gone. After a socket error the rest
-/// are dropped (the client is gone), but requests still run to completion.
+/// Write replies until every sender is gone and every pending request has
+/// finished. After a socket error the rest are dropped (the client is gone),
+/// but requests still run to completion.
 pub(super) async fn writer<S: AsyncWrite>(
     mut wr: WriteHalf<S>,
-    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    mut rx: mpsc::UnboundedReceiver<Job>,
     structured: bool,
 ) {
+    let mut pending = FuturesUnordered::new();
     let mut batch: Vec<Outgoing> = Vec::with_capacity(BATCH_REPLIES_MAX);
     let mut heads: Vec<u8> = Vec::with_capacity(BATCH_REPLIES_MAX * 64);
     let mut segs: Vec<Seg> = Vec::new();
+    let mut open = true;
     let mut broken = false;
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
+    while open || !pending.is_empty() {
+        tokio::select! {
+            biased;
+            Some(o) = pending.next(), if !pending.is_empty() => batch.push(o),
+            job = rx.recv(), if open => match job {
+                Some(Job::Ready(o)) => batch.push(o),
+                Some(Job::Pending(f)) => pending.push(f),
+                None => open = false,
+            },
+        }
+        // Take whatever else is already there, without waiting.
         while batch.len() < BATCH_REPLIES_MAX {
             match rx.try_recv() {
-                Ok(o) => batch.push(o),
+                Ok(Job::Ready(o)) => batch.push(o),
+                Ok(Job::Pending(f)) => pending.push(f),
                 Err(_) => break,
             }
+        }
+        while batch.len() < BATCH_REPLIES_MAX {
+            match pending.next().now_or_never() {
+                Some(Some(o)) => batch.push(o),
+                _ => break,
+            }
+        }
+        if batch.is_empty() {
+            continue;
         }
         if !broken {
             heads.clear();

@@ -9,11 +9,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, BufReader};
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 use super::consts::*;
 use super::proto::{validate, Command, Limits, RequestHeader, PAYLOAD_LEN_MAX};
-use super::reply::{writer, Body, Outgoing};
+use super::reply::{writer, Body, Job, Outgoing};
 use super::{Export, NbdError};
 use crate::storage::{call, Reply, Request, StorageError};
 
@@ -101,7 +101,7 @@ fn pages_max(o: &ConnectionOptions) -> usize {
 struct Session {
     export: Arc<Export>,
     limits: Limits,
-    tx: mpsc::UnboundedSender<Outgoing>,
+    tx: mpsc::UnboundedSender<Job>,
     requests: Arc<Semaphore>,
     pages: Arc<Semaphore>,
     pages_max: u32,
@@ -237,38 +237,47 @@ impl Session {
     }
 
     fn send(&self, cookie: u64, permits: Permits, body: Body) {
-        // The writer only goes away after every sender is dropped.
-        let _ = self.tx.send(Outgoing {
+        let o = Outgoing {
             cookie,
             _permits: permits,
             body,
-        });
+        };
+        // The writer only goes away after every sender is dropped.
+        let _ = self.tx.send(Job::Ready(o));
+    }
+
+    /// Hand a running request to the writer, which polls its completion: no
+    /// task per request, and replies that finish together leave in one write.
+    fn pending(&self, fut: impl std::future::Future<Output = Outgoing> + Send + 'static) {
+        let _ = self.tx.send(Job::Pending(Box::pin(fut)));
     }
 
     /// Run a write-like request; `flush_after` makes TRIM/WRITE_ZEROES honour FUA.
     fn start(&self, cookie: u64, permits: Permits, req: Request, flush_after: bool) {
         let dev = self.export.device.clone();
-        let tx = self.tx.clone();
-        tokio::spawn(async move {
-            let mut r = call(dev.as_ref(), req).await;
+        let (done, rx) = oneshot::channel();
+        dev.submit(req, done);
+        self.pending(async move {
+            let mut r = rx.await.unwrap_or(Err(StorageError::Stopped));
             if flush_after && r.is_ok() {
                 r = call(dev.as_ref(), Request::Flush).await;
             }
-            let _ = tx.send(Outgoing {
+            Outgoing {
                 cookie,
                 _permits: permits,
                 body: Body::Status(errno_of(r.err())),
-            });
+            }
         });
     }
 
     fn read(&self, cookie: u64, permits: Permits, offset: u64, len: u32, df: bool) {
         let dev = self.export.device.clone();
-        let tx = self.tx.clone();
         // Holes are only worth asking about for large structured reads.
         let want_holes = self.limits.structured && !df && len >= 64 * 1024;
-        tokio::spawn(async move {
-            let body = match call(dev.as_ref(), Request::Read { offset, len }).await {
+        let (done, rx) = oneshot::channel();
+        dev.submit(Request::Read { offset, len }, done);
+        self.pending(async move {
+            let body = match rx.await.unwrap_or(Err(StorageError::Stopped)) {
                 Ok(Reply::Read(data)) => {
                     let holes = if want_holes {
                         dev.extents(offset, len.into()).unwrap_or_default()
@@ -284,11 +293,11 @@ impl Session {
                 Ok(Reply::Done) => Body::Status(EIO),
                 Err(e) => Body::Status(errno_of(Some(e))),
             };
-            let _ = tx.send(Outgoing {
+            Outgoing {
                 cookie,
                 _permits: permits,
                 body,
-            });
+            }
         });
     }
 
