@@ -9,7 +9,10 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::nbd::{Export, ListenAddr, Server, ServerConfig};
-use crate::storage::{plain::PlainEngine, BlockDevice};
+use crate::storage::{
+    check_range, plain::PlainEngine, BlockDevice, Completion, Extent, IoBuf, Reply, Request,
+    StorageError,
+};
 use crate::units::{format_size, parse_size};
 
 /// Size of the demo disk created when `serve` runs without `--disk`.
@@ -47,6 +50,10 @@ pub struct Args {
     /// replies then never bounce between cores.
     #[arg(long, default_value_t = 1)]
     pub async_threads: usize,
+    /// Serve no disk at all: writes are dropped and reads return zeroes, at
+    /// this size. Measures the protocol's own cost (like nbdkit's null plugin).
+    #[arg(long, value_parser = parse_size, conflicts_with_all = ["disk", "create"])]
+    pub null: Option<u64>,
     /// Time a client has to finish the NBD handshake.
     #[arg(long, default_value_t = 10_000)]
     pub handshake_timeout_ms: u64,
@@ -93,6 +100,31 @@ pub fn open_disk(
     Ok(Arc::new(PlainEngine::new(file, size)))
 }
 
+/// A device with no storage, for measuring the protocol alone: completes
+/// every request at once, reads as zeroes.
+struct NullDevice {
+    size: u64,
+}
+
+impl BlockDevice for NullDevice {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn submit(&self, req: Request, done: Completion) {
+        let r = match req {
+            Request::Read { offset, len } => check_range(offset, len.into(), self.size)
+                .map(|()| Reply::Read(IoBuf::zeroed(len as usize))),
+            _ => Ok(Reply::Done),
+        };
+        let _ = done.send(r);
+    }
+
+    fn extents(&self, _offset: u64, len: u64) -> Result<Vec<Extent>, StorageError> {
+        Ok(vec![Extent { len, hole: true }])
+    }
+}
+
 /// Size of a regular file or a block device (seeking to the end works for both).
 fn disk_size(file: &File) -> std::io::Result<u64> {
     let mut f = file;
@@ -126,10 +158,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .map(|s| s.parse())
             .collect::<Result<_, _>>()?
     };
-    let device = open_disk(&disk, create, args.read_only)?;
+    let device: Arc<dyn BlockDevice> = match args.null {
+        Some(size) => Arc::new(NullDevice { size }),
+        None => open_disk(&disk, create, args.read_only)?,
+    };
     let export = Export {
         name: args.name.clone(),
-        description: format!("geomirror disk {}", disk.display()),
+        description: match args.null {
+            Some(_) => "geomirror null device (no storage)".to_owned(),
+            None => format!("geomirror disk {}", disk.display()),
+        },
         device,
         read_only: args.read_only,
     };
