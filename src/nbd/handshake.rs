@@ -115,10 +115,13 @@ where
 {
     match option {
         OPT_EXPORT_NAME => {
-            let name = std::str::from_utf8(data).unwrap_or("\u{fffd}");
-            let export = match find(exports, name) {
-                Some(e) if data.len() <= NAME_LEN_MAX && !name.contains('\u{fffd}') => e.clone(),
-                _ => return Err(NbdError::UnknownExport(name.chars().take(256).collect())),
+            // This option has no error reply: a bad name can only end the session.
+            let name = std::str::from_utf8(data)
+                .ok()
+                .filter(|n| n.len() <= NAME_LEN_MAX);
+            let Some(export) = name.and_then(|n| find(exports, n)).cloned() else {
+                let shown = String::from_utf8_lossy(&data[..data.len().min(256)]).into_owned();
+                return Err(NbdError::UnknownExport(shown));
             };
             let mut out = Vec::with_capacity(134);
             out.extend_from_slice(&export.device.size().to_be_bytes());

@@ -1,5 +1,5 @@
-//! The NBD codec: checks, parses and encodes protocol messages without sockets.
-//! A short buffer is a normal result (`Ok(None)`), never an error; lengths are bounded before use.
+//! The transmission-phase codec: request headers and their validation, simple replies
+//! and structured chunks, without sockets. A short buffer is a normal result (`Ok(None)`).
 
 use super::consts::*;
 use super::error::NbdError;

@@ -43,7 +43,7 @@ impl Default for ConnectionOptions {
             structured: false,
             meta_allocation: false,
             requests_in_flight_max: 128,
-            bytes_in_flight_max: 64 * 1024 * 1024,
+            bytes_in_flight_max: 32 * 1024 * 1024,
             shutdown: None,
         }
     }
