@@ -343,3 +343,37 @@ fn serve_without_arguments_creates_a_demo_disk_and_prints_how_to_use_it() {
         1 << 30
     );
 }
+
+/// Through libnbd: structured reads of a device that reports holes come back
+/// as OFFSET_HOLE chunks (no data on the wire), and block status says hole+zero.
+#[test]
+fn holes_are_sent_as_hole_chunks_and_reported_by_block_status() {
+    if !common::require(&["nbdsh"]) {
+        return;
+    }
+    let dir = common::tempdir();
+    let sock = dir.path().join("nbd.sock");
+    let listen = format!("unix:{}", sock.display());
+    let _p = Proc::geomirror(
+        &["serve", "--null", "16M", "--listen", &listen],
+        &dir.path().join("serve.log"),
+    );
+    common::wait_for_unix(&sock, Duration::from_secs(10));
+    let uri = format!("nbd+unix:///geomirror?socket={}", sock.display());
+    let script = r#"
+kinds = []
+def chunk(buf, off, status, err):
+    kinds.append((status, off, len(buf)))
+    return 0
+buf = h.pread_structured(1 << 20, 4096, chunk)
+assert buf == bytes(1 << 20)
+assert kinds == [(nbd.READ_HOLE, 4096, 1 << 20)], kinds
+kinds.clear()
+h.pread_structured(4096, 0, chunk)
+assert kinds == [(nbd.READ_DATA, 0, 4096)], kinds
+seen = []
+h.block_status(65536, 0, lambda meta, off, e, err: seen.append(e) or 0)
+assert seen[0][:2] == [65536, nbd.STATE_HOLE | nbd.STATE_ZERO], seen
+"#;
+    run_ok(debian_cmd("nbdsh").args(["--base-allocation", "-u", &uri, "-c", script]));
+}
