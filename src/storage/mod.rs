@@ -7,8 +7,14 @@
 
 mod buf;
 pub mod plain;
+pub mod sys;
+pub mod uring;
 
 pub use buf::IoBuf;
+pub use uring::{UringEngine, UringOptions};
+
+use std::fs::File;
+use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
@@ -52,13 +58,27 @@ impl StorageError {
 /// against the disk size by the engine.
 #[derive(Debug)]
 pub enum Request {
-    Read { offset: u64, len: u32 },
-    Write { offset: u64, data: IoBuf, fua: bool },
+    Read {
+        offset: u64,
+        len: u32,
+    },
+    Write {
+        offset: u64,
+        data: IoBuf,
+        fua: bool,
+    },
     Flush,
     /// Discard: the range may read back as anything (we punch a hole: zeroes).
-    Trim { offset: u64, len: u64 },
+    Trim {
+        offset: u64,
+        len: u64,
+    },
     /// Make the range read as zeroes; `punch` allows deallocating it.
-    WriteZeroes { offset: u64, len: u64, punch: bool },
+    WriteZeroes {
+        offset: u64,
+        len: u64,
+        punch: bool,
+    },
 }
 
 /// What a completed request hands back.
@@ -105,4 +125,54 @@ pub fn check_range(offset: u64, len: u64, size: u64) -> Result<(), StorageError>
         Some(end) if end <= size => Ok(()),
         _ => Err(StorageError::OutOfRange { offset, len, size }),
     }
+}
+
+/// Which engine serves a disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EngineKind {
+    /// io_uring on its own thread, O_DIRECT for aligned requests.
+    #[default]
+    Uring,
+    /// io_uring, page cache only.
+    UringBuffered,
+    /// pread/pwrite on the blocking pool: the oracle.
+    Plain,
+}
+
+impl std::str::FromStr for EngineKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "uring" => Ok(EngineKind::Uring),
+            "uring-buffered" => Ok(EngineKind::UringBuffered),
+            "plain" => Ok(EngineKind::Plain),
+            _ => Err(format!(
+                "unknown engine {s:?} (uring, uring-buffered, plain)"
+            )),
+        }
+    }
+}
+
+/// Serve the first `data_size` bytes of `file` with the engine `kind`.
+/// The plain engine needs a tokio runtime at submit time.
+pub fn open_engine(
+    file: File,
+    data_size: u64,
+    kind: EngineKind,
+) -> Result<Arc<dyn BlockDevice>, StorageError> {
+    Ok(match kind {
+        EngineKind::Plain => Arc::new(plain::PlainEngine::new(file, data_size)),
+        EngineKind::Uring | EngineKind::UringBuffered => {
+            let opts = UringOptions {
+                direct: kind == EngineKind::Uring,
+                ..UringOptions::default()
+            };
+            Arc::new(UringEngine::new(file, data_size, opts)?)
+        }
+    })
+}
+
+/// Size in bytes of a regular file or block device.
+pub fn disk_size(file: &File) -> Result<u64, StorageError> {
+    sys::disk_size(file).map_err(|source| StorageError::Io { offset: 0, source })
 }

@@ -49,7 +49,11 @@ impl PlainEngine {
                 punch(file, offset, len).map_err(io(offset))?;
                 Ok(Reply::Done)
             }
-            Request::WriteZeroes { offset, len, punch: may_punch } => {
+            Request::WriteZeroes {
+                offset,
+                len,
+                punch: may_punch,
+            } => {
                 check_range(offset, len, size)?;
                 if !(may_punch && punch(file, offset, len).is_ok()) {
                     write_zeroes(file, offset, len).map_err(io(offset))?;
@@ -99,6 +103,7 @@ impl BlockDevice for PlainEngine {
 
     fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>, StorageError> {
         check_range(offset, len, self.size)?;
-        Ok(vec![Extent { len, hole: false }])
+        super::sys::extents(&self.file, offset, len)
+            .map_err(|source| StorageError::Io { offset, source })
     }
 }
