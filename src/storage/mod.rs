@@ -5,12 +5,22 @@
 //! Requests are submitted with a one-shot completion; a failed request is
 //! still answered exactly once, with its error.
 
+pub mod bitmap;
 mod buf;
+pub mod generation;
+pub mod hosted;
+pub mod label;
+pub mod meta;
 pub mod plain;
 pub mod sys;
 pub mod uring;
 
+pub use bitmap::DirtyBitmap;
 pub use buf::IoBuf;
+pub use generation::{Generations, SyncPlan};
+pub use hosted::HostedDisk;
+pub use label::{FormatOptions, Label, LabelError, LabelFlags};
+pub use meta::MetaLayout;
 pub use uring::{UringEngine, UringOptions};
 
 use std::fs::File;
