@@ -12,6 +12,7 @@ pub mod hosted;
 pub mod label;
 pub mod meta;
 pub mod plain;
+mod ring;
 pub mod sys;
 pub mod uring;
 
@@ -21,7 +22,7 @@ pub use generation::{Generations, SyncPlan};
 pub use hosted::HostedDisk;
 pub use label::{FormatOptions, Label, LabelError, LabelFlags};
 pub use meta::MetaLayout;
-pub use uring::{UringEngine, UringOptions};
+pub use uring::{UringEngine, UringOptions, UringStats};
 
 use std::fs::File;
 use std::sync::Arc;
