@@ -464,3 +464,121 @@ fn a_bitmap_block_with_a_bad_crc_is_reported() {
         .expect("run label");
     assert!(String::from_utf8_lossy(&out.stderr).contains("bitmap block 0"));
 }
+
+/// A loop device over a file, detached when dropped.
+struct Loop(String);
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+#[test]
+fn a_block_device_is_formatted_held_exclusively_and_served() {
+    if !common::require_root() || !common::require(&["losetup"]) {
+        return;
+    }
+    let dir = common::tempdir();
+    let backing = dir.path().join("backing.img");
+    std::fs::File::create(&backing)
+        .and_then(|f| f.set_len(32 << 20))
+        .expect("backing file");
+    let dev = run_ok(
+        Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&backing),
+    );
+    let lo = Loop(dev.trim().to_string());
+    let path = Path::new(&lo.0);
+
+    format(path, &[]);
+    let l = Label::read_path(path).expect("label on the block device");
+    assert_eq!(l.layout.disk_bytes, 32 << 20, "size from BLKGETSIZE64");
+    let h = open(path);
+    assert!(
+        matches!(HostedDisk::open(path, None), Err(LabelError::Locked { .. })),
+        "O_EXCL holds the device"
+    );
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let dev = h.device(EngineKind::Uring).expect("engine on the device");
+    rt.block_on(async {
+        let data = IoBuf::from_slice(&[0x3C; 8192]);
+        let r = call(
+            &*dev,
+            Request::Write {
+                offset: 4096,
+                data: data.clone(),
+                fua: true,
+            },
+        )
+        .await;
+        assert!(matches!(r, Ok(Reply::Done)), "{r:?}");
+        match call(
+            &*dev,
+            Request::Read {
+                offset: 4096,
+                len: 8192,
+            },
+        )
+        .await
+        {
+            Ok(Reply::Read(b)) => assert!(b == data),
+            other => panic!("read: {other:?}"),
+        }
+        for req in [
+            Request::WriteZeroes {
+                offset: 4096,
+                len: 4096,
+                punch: false,
+            },
+            Request::WriteZeroes {
+                offset: 8192,
+                len: 100,
+                punch: true,
+            },
+        ] {
+            assert!(matches!(call(&*dev, req).await, Ok(Reply::Done)));
+        }
+        match call(
+            &*dev,
+            Request::Read {
+                offset: 4096,
+                len: 8192,
+            },
+        )
+        .await
+        {
+            Ok(Reply::Read(b)) => {
+                assert!(b[..4196].iter().all(|&x| x == 0), "zeroed part");
+                assert!(
+                    b[4196..].iter().all(|&x| x == 0x3C),
+                    "the rest is untouched"
+                );
+            }
+            other => panic!("read: {other:?}"),
+        }
+        let r = call(
+            &*dev,
+            Request::Trim {
+                offset: 1 << 20,
+                len: 1 << 20,
+            },
+        )
+        .await;
+        assert!(matches!(r, Ok(Reply::Done)), "trim: {r:?}");
+        let r = call(
+            &*dev,
+            Request::Write {
+                offset: h.data_size(),
+                data,
+                fua: false,
+            },
+        )
+        .await;
+        assert!(r.is_err(), "the label area is out of range");
+    });
+    drop(dev);
+    drop(h);
+    assert_eq!(Label::read_path(path).expect("label intact").seq, l.seq);
+}

@@ -220,6 +220,37 @@ fn requests_past_the_end_are_refused_with_enospc() {
     });
 }
 
+/// A disk file shorter than the size it is served with (truncated behind
+/// our back): the part that exists is read, the short read is continued,
+/// and reaching the missing end is an I/O error, not zeroes or a hang.
+#[test]
+fn a_read_past_the_end_of_a_truncated_file_is_an_io_error() {
+    let dir = common::tempdir();
+    rt().block_on(async {
+        for kind in KINDS {
+            let (path, dev) = engine(dir.path(), kind);
+            write(&*dev, 0, pattern(8192, 9), false).await;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_len(6000))
+                .expect("truncate");
+            let got = read(&*dev, 1000, 5000).await;
+            assert!(got[..] == pattern(8192, 9)[1000..6000], "{kind:?}");
+            let err = call(
+                &*dev,
+                Request::Read {
+                    offset: 4096,
+                    len: 4096,
+                },
+            )
+            .await;
+            let err = err.expect_err("reading past EOF must fail");
+            assert_eq!(err.errno(), libc::EIO, "{kind:?}: {err}");
+        }
+    });
+}
+
 #[test]
 fn extents_of_a_sparse_file_show_data_and_holes() {
     let dir = common::tempdir();
