@@ -301,3 +301,93 @@ impl DirtyBitmap {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const CHUNK: u64 = 4096;
+    // Three bitmap blocks' worth of chunks, so runs cross block boundaries.
+    const DISK: u64 = 300 << 20;
+
+    fn fresh() -> (tempfile::NamedTempFile, Arc<File>, MetaLayout) {
+        let tmp = tempfile::NamedTempFile::new().expect("temp file");
+        tmp.as_file().set_len(DISK).expect("size");
+        let layout = MetaLayout::compute(DISK, CHUNK).expect("layout");
+        assert!(layout.bitmap_blocks >= 3);
+        let file = Arc::new(tmp.reopen().expect("reopen"));
+        write_empty(&file, &layout).expect("empty bitmap");
+        (tmp, file, layout)
+    }
+
+    /// Runs of dirty chunks of a model, clipped to the data area.
+    fn model_ranges(model: &[bool], data: u64) -> Vec<(u64, u64)> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for (i, _) in model.iter().enumerate().filter(|(_, d)| **d) {
+            let off = i as u64 * CHUNK;
+            let len = CHUNK.min(data - off);
+            match out.last_mut() {
+                Some((o, l)) if *o + *l == off => *l += len,
+                _ => out.push((off, len)),
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+        /// Marks and clears agree with a plain model, before and after a reload.
+        #[test]
+        fn bitmap_matches_a_model_across_reloads(
+            ops in proptest::collection::vec((any::<bool>(), 0..DISK, 0..(1u64 << 22)), 1..60)
+        ) {
+            let (_tmp, file, layout) = fresh();
+            let bm = DirtyBitmap::load(file.clone(), layout).expect("load");
+            let mut model = vec![false; layout.bitmap_bits() as usize];
+            let data = layout.data_bytes;
+            for (is_mark, offset, len) in ops {
+                let end = offset.saturating_add(len).min(data);
+                if is_mark {
+                    let newly = bm.mark(offset, len).expect("mark");
+                    let mut any = false;
+                    if len > 0 && offset < end {
+                        for c in offset / CHUNK..end.div_ceil(CHUNK) {
+                            any |= !model[c as usize];
+                            model[c as usize] = true;
+                        }
+                    }
+                    prop_assert_eq!(newly, any);
+                } else {
+                    bm.clear(offset, len);
+                    let last = if end == data { end.div_ceil(CHUNK) } else { end / CHUNK };
+                    for c in offset.div_ceil(CHUNK)..last.max(offset.div_ceil(CHUNK)) {
+                        model[c as usize] = false;
+                    }
+                }
+                prop_assert_eq!(bm.dirty_ranges().collect::<Vec<_>>(), model_ranges(&model, data));
+            }
+            bm.flush().expect("flush");
+            let again = DirtyBitmap::load(file, layout).expect("reload");
+            prop_assert_eq!(again.dirty_ranges().collect::<Vec<_>>(), model_ranges(&model, data));
+            prop_assert_eq!(again.dirty_chunks(), model.iter().filter(|d| **d).count() as u64);
+        }
+    }
+
+    #[test]
+    fn dirty_runs_are_cut_at_the_requested_length() {
+        let (_tmp, file, layout) = fresh();
+        let bm = DirtyBitmap::load(file, layout).expect("load");
+        bm.mark(CHUNK * 10, CHUNK * 100).expect("mark");
+        assert_eq!(
+            bm.next_dirty_range(0, CHUNK * 30),
+            Some((CHUNK * 10, CHUNK * 30))
+        );
+        assert_eq!(
+            bm.next_dirty_range(CHUNK * 40, u64::MAX),
+            Some((CHUNK * 40, CHUNK * 70))
+        );
+        assert_eq!(bm.next_dirty_range(CHUNK * 110, u64::MAX), None);
+    }
+}
