@@ -135,3 +135,16 @@ pub fn open_exclusive(path: &Path) -> Result<File, LabelError> {
         path: path.display().to_string(),
     })
 }
+
+impl Drop for HostedDisk {
+    /// Lazy bitmap clears reach the disk on a clean close (losing them
+    /// would cost only a resend, so an error is just logged).
+    fn drop(&mut self) {
+        if let Err(e) = self.bitmap.flush() {
+            tracing::warn!(
+                "flushing the dirty bitmap of {} on close: {e}",
+                self.path.display()
+            );
+        }
+    }
+}
