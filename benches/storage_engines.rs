@@ -4,7 +4,9 @@
 //!
 //! Run: `cargo bench --bench storage_engines` (env `GEOMIRROR_BENCH_DIR`
 //! picks the filesystem, default the system temp dir;
-//! `GEOMIRROR_BENCH_SECS` the time per random-write run, default 5).
+//! `GEOMIRROR_BENCH_SECS` the time per random-write run, default 5;
+//! `GEOMIRROR_BENCH_ENGINES` which engines, in order, default
+//! `plain,uring-buffered,uring-direct,uring`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -128,11 +130,12 @@ fn main() {
         path.display(),
         FILE_BYTES >> 20
     );
-    for kind in [
-        EngineKind::Plain,
-        EngineKind::UringBuffered,
-        EngineKind::Uring,
-    ] {
+    let kinds: Vec<EngineKind> = std::env::var("GEOMIRROR_BENCH_ENGINES")
+        .unwrap_or_else(|_| "plain,uring-buffered,uring-direct,uring".into())
+        .split(',')
+        .map(|k| k.parse().expect("engine name"))
+        .collect();
+    for kind in kinds {
         let iops = rt.block_on(rand_4k(
             open_engine(open_rw(&path), FILE_BYTES, kind).expect("engine"),
             secs,

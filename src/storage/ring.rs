@@ -62,7 +62,8 @@ pub(crate) struct Worker {
     rx: mpsc::Receiver<Msg>,
     waker: Arc<Waker>,
     file: Arc<File>,
-    direct: Option<File>,
+    /// The O_DIRECT description and the smallest request sent through it.
+    direct: Option<(File, u64)>,
     align: u64,
     /// The disk is a block device (trim falls back to BLKDISCARD).
     block: bool,
@@ -83,7 +84,7 @@ impl Worker {
         rx: mpsc::Receiver<Msg>,
         waker: Arc<Waker>,
         file: Arc<File>,
-        direct: Option<File>,
+        direct: Option<(File, u64)>,
         align: u64,
         block: bool,
         depth: u32,
@@ -265,8 +266,8 @@ impl Worker {
         let pos = op.offset + op.done_bytes;
         let rest = op.len - op.done_bytes;
         let aligned = pos % self.align == 0 && rest % self.align == 0;
-        let fd = match (&self.direct, aligned) {
-            (Some(d), true) => types::Fd(d.as_raw_fd()),
+        let fd = match &self.direct {
+            Some((d, min)) if aligned && op.len >= *min => types::Fd(d.as_raw_fd()),
             _ => types::Fd(self.file.as_raw_fd()),
         };
         // A single SQE moves at most u32::MAX bytes; requests are u32-sized
