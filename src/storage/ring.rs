@@ -2,7 +2,6 @@
 //! continues short transfers, retries interrupted ones, falls back where
 //! fallocate is refused, and answers each request exactly once.
 
-use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -11,7 +10,7 @@ use std::sync::Arc;
 use io_uring::{opcode, types, IoUring};
 
 use super::sys;
-use super::uring::{Msg, Waker};
+use super::uring::{Disk, Msg, Waker};
 use super::{Completion, IoBuf, Reply, Request};
 
 /// Retries of one operation interrupted by EINTR/EAGAIN before giving up.
@@ -61,12 +60,7 @@ pub(crate) struct Worker {
     ring: IoUring,
     rx: mpsc::Receiver<Msg>,
     waker: Arc<Waker>,
-    file: Arc<File>,
-    /// The O_DIRECT description and the smallest request sent through it.
-    direct: Option<(File, u64)>,
-    align: u64,
-    /// The disk is a block device (trim falls back to BLKDISCARD).
-    block: bool,
+    disk: Disk,
     /// Slot per operation in flight; the index is the SQE's user_data.
     ops: Vec<Option<Op>>,
     free: Vec<usize>,
@@ -78,27 +72,21 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    #[allow(clippy::too_many_arguments)] // one call site, all fields distinct
+    /// A worker for `ring` serving `disk`, taking requests from `rx`.
     pub(crate) fn new(
         ring: IoUring,
         rx: mpsc::Receiver<Msg>,
         waker: Arc<Waker>,
-        file: Arc<File>,
-        direct: Option<(File, u64)>,
-        align: u64,
-        block: bool,
-        depth: u32,
+        disk: Disk,
     ) -> Worker {
+        let slots = disk.depth as usize - 1; // one entry is the eventfd read
         Worker {
             ring,
             rx,
             waker,
-            file,
-            direct,
-            align,
-            block,
-            ops: (0..depth - 1).map(|_| None).collect(),
-            free: (0..depth as usize - 1).rev().collect(),
+            disk,
+            ops: (0..slots).map(|_| None).collect(),
+            free: (0..slots).rev().collect(),
             zeroes: IoBuf::zeroed(ZERO_CHUNK_BYTES),
             wake_buf: Box::new(0),
             wake_armed: false,
@@ -211,7 +199,7 @@ impl Worker {
             }
             Request::Flush => (Step::Flush, 0, 0, None),
             Request::Trim { offset, len } => {
-                let fallback = if self.block {
+                let fallback = if self.disk.block {
                     Fallback::Discard
                 } else {
                     Fallback::Write
@@ -265,10 +253,10 @@ impl Worker {
             .expect("push is called on a live slot");
         let pos = op.offset + op.done_bytes;
         let rest = op.len - op.done_bytes;
-        let aligned = pos % self.align == 0 && rest % self.align == 0;
-        let fd = match &self.direct {
+        let aligned = pos % self.disk.align == 0 && rest % self.disk.align == 0;
+        let fd = match &self.disk.direct {
             Some((d, min)) if aligned && op.len >= *min => types::Fd(d.as_raw_fd()),
-            _ => types::Fd(self.file.as_raw_fd()),
+            _ => types::Fd(self.disk.file.as_raw_fd()),
         };
         // A single SQE moves at most u32::MAX bytes; requests are u32-sized
         // already, so this only bounds zero-writing.
@@ -291,21 +279,21 @@ impl Worker {
                     .rw_flags(flags)
                     .build()
             }
-            Step::Flush => opcode::Fsync::new(types::Fd(self.file.as_raw_fd()))
+            Step::Flush => opcode::Fsync::new(types::Fd(self.disk.file.as_raw_fd()))
                 .flags(types::FsyncFlags::DATASYNC)
                 .build(),
             Step::Fallocate { mode, .. } => {
-                opcode::Fallocate::new(types::Fd(self.file.as_raw_fd()), rest)
+                opcode::Fallocate::new(types::Fd(self.disk.file.as_raw_fd()), rest)
                     .offset(pos)
                     .mode(mode)
                     .build()
             }
             Step::WriteZeroes => {
                 let n = rest.min(ZERO_CHUNK_BYTES as u64) as u32;
-                let fd = if pos % self.align == 0 && u64::from(n) % self.align == 0 {
+                let fd = if pos % self.disk.align == 0 && u64::from(n) % self.disk.align == 0 {
                     fd
                 } else {
-                    types::Fd(self.file.as_raw_fd())
+                    types::Fd(self.disk.file.as_raw_fd())
                 };
                 opcode::Write::new(fd, self.zeroes.as_ptr(), n)
                     .offset(pos)
@@ -343,7 +331,7 @@ impl Worker {
     }
 
     fn complete(&mut self, slot: usize, res: i32) {
-        let block_fd = self.file.as_raw_fd();
+        let block_fd = self.disk.file.as_raw_fd();
         let Some(op) = self.ops.get_mut(slot).and_then(Option::as_mut) else {
             tracing::error!("io_uring completion for unknown slot {slot}");
             return;

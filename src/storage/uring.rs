@@ -90,6 +90,18 @@ impl Waker {
     }
 }
 
+/// The disk a worker serves and how.
+pub(crate) struct Disk {
+    pub(crate) file: Arc<File>,
+    /// The O_DIRECT description and the smallest request sent through it.
+    pub(crate) direct: Option<(File, u64)>,
+    /// Alignment O_DIRECT needs.
+    pub(crate) align: u64,
+    pub(crate) block: bool,
+    /// Ring entries.
+    pub(crate) depth: u32,
+}
+
 /// A disk served by an io_uring on its own thread.
 pub struct UringEngine {
     tx: Option<mpsc::Sender<Msg>>,
@@ -121,7 +133,14 @@ impl UringEngine {
         let block = sys::is_block_device(&file).map_err(io)?;
         let (tx, rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
-        let (w_waker, w_file) = (waker.clone(), file.clone());
+        let w_waker = waker.clone();
+        let disk = Disk {
+            file: file.clone(),
+            direct,
+            align,
+            block,
+            depth,
+        };
         // The ring is made on its own thread: it is set up single-issuer,
         // so only the thread that creates it may submit to it.
         let thread = std::thread::Builder::new()
@@ -129,7 +148,7 @@ impl UringEngine {
             .spawn(move || match sys::new_ring(depth) {
                 Ok(ring) => {
                     let _ = ready_tx.send(Ok(()));
-                    Worker::new(ring, rx, w_waker, w_file, direct, align, block, depth).run();
+                    Worker::new(ring, rx, w_waker, disk).run();
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
