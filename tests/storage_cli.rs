@@ -141,3 +141,35 @@ fn an_unformatted_disk_is_reported_as_such() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not formatted"));
 }
+
+#[test]
+fn format_refuses_a_damaged_label_unless_forced() {
+    let dir = common::tempdir();
+    let disk = formatted(dir.path());
+    let l = Label::read_path(&disk).expect("label");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk)
+        .expect("open");
+    for slot in 0..2 {
+        std::os::unix::fs::FileExt::write_all_at(&f, b"garbage", l.layout.slot_offset(slot) + 64)
+            .expect("damage a slot");
+    }
+    drop(f);
+    let out = Command::new(bin())
+        .args(["format", "--group", "vol0", "--resource", "r1"])
+        .arg(&disk)
+        .output()
+        .expect("run format");
+    assert!(
+        !out.status.success(),
+        "a damaged label was overwritten without --force"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("corrupt metadata") && err.contains("--force"),
+        "{err}"
+    );
+    format(&disk, &["--force"]);
+    assert_eq!(Label::read_path(&disk).expect("fresh label").seq, 2);
+}
