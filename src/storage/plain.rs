@@ -3,7 +3,6 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
 use std::sync::Arc;
 
 use super::{check_range, BlockDevice, Completion, Extent, IoBuf, Reply, Request, StorageError};
@@ -66,14 +65,7 @@ impl PlainEngine {
 
 /// Deallocate a range, keeping the file size; it reads back as zeroes.
 fn punch(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
-    let flags = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-    // SAFETY: fallocate on a valid, open fd with in-range integer arguments.
-    let rc = unsafe { libc::fallocate(file.as_raw_fd(), flags, offset as i64, len as i64) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    super::sys::fallocate(file, super::sys::FALLOC_PUNCH, offset, len)
 }
 
 fn write_zeroes(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
@@ -103,6 +95,7 @@ impl BlockDevice for PlainEngine {
 
     fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>, StorageError> {
         check_range(offset, len, self.size)?;
-        Ok(vec![Extent { len, hole: false }])
+        super::sys::extents(&self.file, offset, len)
+            .map_err(|source| StorageError::Io { offset, source })
     }
 }
