@@ -1,0 +1,107 @@
+//! The replicated state machine contract and the openraft type configuration
+//! built from it; nothing outside `group::engine` names these openraft types.
+
+use std::cmp::Ordering;
+use std::fmt::{self, Debug};
+use std::io::Cursor;
+use std::marker::PhantomData;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// A deterministic state machine ordered by the engine: every member applies
+/// the same commands in the same order and reaches the same state.
+pub trait Replicated:
+    Clone + Default + Serialize + DeserializeOwned + Send + Sync + 'static
+{
+    /// A state change proposed by any member.
+    type Command: Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static;
+    /// What applying a command returns to its proposer (e.g. `Result<_, String>`).
+    type Outcome: Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static;
+    /// Applies one committed command. Must be pure: no I/O, no clock, no randomness.
+    fn apply(&mut self, cmd: &Self::Command) -> Self::Outcome;
+}
+
+/// Member identifier, as in the recovery domain.
+pub type NodeId = u64;
+
+/// openraft's type configuration for a state machine `S`. A hand-written
+/// impl because `declare_raft_types!` cannot declare a generic config.
+pub struct Tc<S>(PhantomData<fn() -> S>);
+
+impl<S> Clone for Tc<S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<S> Copy for Tc<S> {}
+impl<S> Default for Tc<S> {
+    fn default() -> Self {
+        Tc(PhantomData)
+    }
+}
+impl<S> Debug for Tc<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Tc")
+    }
+}
+impl<S> PartialEq for Tc<S> {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl<S> Eq for Tc<S> {}
+impl<S> PartialOrd for Tc<S> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl<S> Ord for Tc<S> {
+    fn cmp(&self, _: &Self) -> Ordering {
+        Ordering::Equal
+    }
+}
+
+impl<S: Replicated> openraft::RaftTypeConfig for Tc<S> {
+    type D = S::Command;
+    /// `None` for the entries openraft writes itself (blank, membership).
+    type R = Option<S::Outcome>;
+    type NodeId = NodeId;
+    type Node = openraft::BasicNode;
+    type Entry = openraft::Entry<Self>;
+    type SnapshotData = Cursor<Vec<u8>>;
+    type AsyncRuntime = openraft::TokioRuntime;
+    type Responder = openraft::impls::OneshotResponder<Self>;
+}
+
+pub(crate) type LogId = openraft::LogId<NodeId>;
+pub(crate) type Vote = openraft::Vote<NodeId>;
+pub(crate) type Node = openraft::BasicNode;
+pub(crate) type Membership = openraft::StoredMembership<NodeId, Node>;
+pub(crate) type SnapshotMeta = openraft::SnapshotMeta<NodeId, Node>;
+pub(crate) type StorageError = openraft::StorageError<NodeId>;
+pub(crate) type Raft<S> = openraft::Raft<Tc<S>>;
+
+/// The bincode configuration used for every encoding in the engine (frames,
+/// log entries, snapshots): fixed, so all members agree on the bytes.
+pub(crate) fn bincode_cfg() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// Encodes `v` with the engine's bincode configuration.
+pub(crate) fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, bincode::error::EncodeError> {
+    bincode::serde::encode_to_vec(v, bincode_cfg())
+}
+
+/// Decodes a whole buffer; trailing bytes are an error, since every buffer
+/// we decode was framed with its exact length.
+pub(crate) fn decode<T: DeserializeOwned>(buf: &[u8]) -> Result<T, bincode::error::DecodeError> {
+    let (v, used) = bincode::serde::decode_from_slice(buf, bincode_cfg())?;
+    if used != buf.len() {
+        return Err(bincode::error::DecodeError::OtherString(format!(
+            "{} trailing bytes",
+            buf.len() - used
+        )));
+    }
+    Ok(v)
+}
