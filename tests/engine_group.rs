@@ -1,5 +1,5 @@
 //! The group engine over real TCP on loopback with real state dirs: ordering,
-//! elections, restarts, snapshots, membership changes, auth and framing.
+//! elections, restarts, snapshots, membership changes and quorum.
 //! A small journal state machine stands in for the group state.
 
 mod common;
@@ -9,11 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use geomirror::group::engine::auth::Authenticator;
-use geomirror::group::engine::{Engine, EngineConfig, EngineError, Replicated, AUTH_CONTEXT};
+use geomirror::group::engine::{Engine, EngineConfig, Replicated};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const SECRET: &[u8] = b"geomirror-test-secret-0123456789";
 /// Liveness bound for waits; never a performance assertion.
@@ -236,7 +233,9 @@ async fn restarted_follower_keeps_its_log_and_catches_up() {
     assert!(follower.engine.metrics().last_log_index >= Some(log_before));
     assert!(
         state(&follower).entries.len() >= 5,
-        "applied state restored"
+        "applied state restored: {:?} {:?}",
+        follower.engine.metrics(),
+        state(&follower)
     );
     follower
         .engine
@@ -283,99 +282,6 @@ async fn late_joiner_receives_compacted_state_as_a_snapshot() {
     assert_eq!(state(&m2).entries.len(), 20);
     m1.engine.shutdown().await.expect("shutdown");
     m2.engine.shutdown().await.expect("shutdown");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn peer_with_wrong_secret_cannot_join_or_send_rpcs() {
-    let root = common::tempdir();
-    let m1 = start(1, root.path()).await;
-    m1.engine.bootstrap().await.expect("bootstrap");
-    eventually("leader", || m1.engine.leader() == Some(1)).await;
-
-    let addr: SocketAddr = format!("127.0.0.1:{}", common::free_port())
-        .parse()
-        .expect("addr");
-    let mut bad = config(2, addr, &root.path().join("m2"));
-    bad.secret = b"not-the-group-secret-at-all-0000".to_vec();
-    bad.propose_attempts_max = 3;
-    let intruder = start_with(bad).await;
-    let err = intruder
-        .engine
-        .join_via(&[m1.addr])
-        .await
-        .expect_err("join refused");
-    assert!(matches!(err, EngineError::Auth { .. }), "{err}");
-
-    // A raw handshake with the wrong secret fails too: the member's proof
-    // does not verify, so no request is ever sent.
-    let wrong = Authenticator::new(b"not-the-group-secret-at-all-0000", AUTH_CONTEXT, WAIT)
-        .expect("authenticator");
-    let mut s = TcpStream::connect(m1.addr).await.expect("connect");
-    assert!(wrong.client(&mut s).await.is_err());
-
-    assert_eq!(m1.engine.metrics().voters.len(), 1);
-    assert!(m1.engine.metrics().learners.is_empty());
-    intruder.engine.shutdown().await.expect("shutdown");
-    m1.engine.shutdown().await.expect("shutdown");
-}
-
-/// Opens an authenticated connection, as a member would.
-async fn authed(addr: SocketAddr) -> TcpStream {
-    let a = Authenticator::new(SECRET, AUTH_CONTEXT, WAIT).expect("authenticator");
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    a.client(&mut s).await.expect("handshake");
-    s
-}
-
-/// True when the server closed the connection (EOF or reset) instead of answering.
-async fn dropped(mut s: TcpStream) -> bool {
-    let mut b = [0u8; 64];
-    match tokio::time::timeout(WAIT, s.read(&mut b)).await {
-        Ok(Ok(0)) | Ok(Err(_)) => true,
-        Ok(Ok(_)) | Err(_) => false,
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn corrupt_or_oversize_frames_drop_the_connection() {
-    let root = common::tempdir();
-    let m1 = start(1, root.path()).await;
-    m1.engine.bootstrap().await.expect("bootstrap");
-
-    // Length far above the 64 MiB bound: refused from the header alone.
-    let mut s = authed(m1.addr).await;
-    let mut h = [0u8; 8];
-    h[..4].copy_from_slice(&u32::MAX.to_le_bytes());
-    s.write_all(&h).await.expect("write header");
-    assert!(
-        dropped(s).await,
-        "oversize length must close the connection"
-    );
-
-    // Payload that does not match its crc32.
-    let mut s = authed(m1.addr).await;
-    let mut f = geomirror::group::engine::frame::encode(b"0123456789", 1024).expect("encode");
-    f[12] ^= 0x40;
-    s.write_all(&f).await.expect("write frame");
-    assert!(dropped(s).await, "bad checksum must close the connection");
-
-    // A well-framed payload that is not a request.
-    let mut s = authed(m1.addr).await;
-    let f = geomirror::group::engine::frame::encode(&[0xff; 32], 1024).expect("encode");
-    s.write_all(&f).await.expect("write frame");
-    assert!(
-        dropped(s).await,
-        "undecodable request must close the connection"
-    );
-
-    // The member is unharmed.
-    let pos = m1
-        .engine
-        .propose(Note { from: 1, seq: 0 })
-        .await
-        .expect("propose");
-    assert_eq!(pos, 0);
-    m1.engine.shutdown().await.expect("shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

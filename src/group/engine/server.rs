@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::AppendEntriesResponse;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -93,7 +94,8 @@ async fn dispatch<S: Replicated>(ctx: &ServerCtx<S>, req: Request<S>) -> Respons
     match req {
         Request::Append(rpc) => {
             let r = ctx.raft.append_entries(rpc).await.map_err(failed);
-            if r.is_ok() {
+            // A request refused for its stale term does not come from our leader.
+            if matches!(&r, Ok(a) if !matches!(a, AppendEntriesResponse::HigherVote(_))) {
                 *ctx.last_leader_contact.lock().expect("lock not poisoned") = Some(Instant::now());
             }
             Response::Append(r)

@@ -101,6 +101,11 @@ impl<S: Replicated> LogStore<S> {
         })
     }
 
+    /// Index of the last stored (or purged) entry.
+    pub(crate) async fn last_log_index(&mut self) -> Result<Option<u64>, StorageError> {
+        Ok(self.get_log_state().await?.last_log_id.map(|l| l.index))
+    }
+
     /// Runs a blocking redb closure off the async workers.
     async fn blocking<T: Send + 'static>(
         &self,
