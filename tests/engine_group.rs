@@ -369,19 +369,69 @@ async fn dead_member_is_detected_removed_and_re_added() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lone_survivor_of_two_voters_has_no_quorum() {
     let root = common::tempdir();
-    let ms = group(2, root.path()).await;
+    let mut ms = group(2, root.path()).await;
     eventually("both see a quorum", || {
         ms.iter().all(|m| m.engine.has_quorum())
     })
     .await;
     let refs: Vec<&Member> = ms.iter().collect();
     let leader = leader_of(&refs).expect("a leader");
-    ms[1 - leader].engine.shutdown().await.expect("shutdown");
-    let survivor = &ms[leader];
+    let follower = ms.remove(1 - leader);
+    let kept = ms.remove(0);
+
+    // The follower dies: the leader can no longer commit anything.
+    follower.engine.shutdown().await.expect("shutdown");
+    eventually("leader loses its quorum", || !kept.engine.has_quorum()).await;
+    assert!(!kept.engine.metrics().has_quorum);
+
+    // It comes back: both decide again.
+    let follower = restart(follower).await;
+    let pair = [&kept, &follower];
+    eventually("quorum is back", || {
+        pair.iter().all(|m| m.engine.has_quorum())
+    })
+    .await;
+
+    // Now whoever leads dies: the other, leader or not, has no quorum.
+    let (dead, survivor) = if kept.engine.leader() == Some(kept.id) {
+        (&kept, &follower)
+    } else {
+        (&follower, &kept)
+    };
+    dead.engine.shutdown().await.expect("shutdown");
     eventually("survivor loses its quorum", || {
         !survivor.engine.has_quorum()
     })
     .await;
-    assert!(!survivor.engine.metrics().has_quorum);
     survivor.engine.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_can_leave_and_the_rest_elect_a_new_one() {
+    let root = common::tempdir();
+    let ms = group(3, root.path()).await;
+    let refs: Vec<&Member> = ms.iter().collect();
+    let leader = leader_of(&refs).expect("a leader");
+    let gone = ms[leader].id;
+    ms[leader].engine.leave().await.expect("leader leaves");
+    let rest: Vec<&Member> = ms.iter().filter(|m| m.id != gone).collect();
+    eventually("a new leader without the leaver", || {
+        rest.iter().all(|m| {
+            let x = m.engine.metrics();
+            x.leader.is_some_and(|l| l != gone) && x.voters.len() == 2 && !x.voters.contains(&gone)
+        })
+    })
+    .await;
+    rest[0]
+        .engine
+        .propose(Note {
+            from: rest[0].id,
+            seq: 0,
+        })
+        .await
+        .expect("propose after the leader left");
+    converged(&rest, 1).await;
+    for m in rest {
+        m.engine.shutdown().await.expect("shutdown");
+    }
 }

@@ -134,7 +134,12 @@ async fn corrupt_or_oversize_frames_drop_the_connection() {
         "undecodable request must close the connection"
     );
 
-    // The member is unharmed.
-    assert_eq!(m1.propose(5).await.expect("propose"), 5);
+    // The member is unharmed, and usable from a spawned task (its futures are Send).
+    let m1 = std::sync::Arc::new(m1);
+    let e = m1.clone();
+    let added = tokio::spawn(async move { e.propose(5).await })
+        .await
+        .expect("task");
+    assert_eq!(added.expect("propose"), 5);
     m1.shutdown().await.expect("shutdown");
 }
