@@ -264,8 +264,10 @@ async fn late_joiner_receives_compacted_state_as_a_snapshot() {
             .await
             .expect("propose");
     }
+    // Snapshots are built in the background, so how far the log is purged
+    // by now varies; the first one (at 5 applied entries) is certain.
     eventually("log compacted on the leader", || {
-        m1.engine.metrics().purged_index.is_some_and(|p| p >= 15)
+        m1.engine.metrics().purged_index.is_some_and(|p| p >= 5)
     })
     .await;
     let m2 = start(2, root.path()).await;

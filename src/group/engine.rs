@@ -52,7 +52,8 @@ use types::Raft;
 /// A running member of the group.
 pub struct Engine<S: Replicated> {
     cfg: EngineConfig,
-    addr: String,
+    /// The address recorded for this member in the group membership.
+    addr: SocketAddr,
     raft: Raft<S>,
     net: Arc<Net>,
     ctx: Arc<ServerCtx<S>>,
@@ -88,6 +89,7 @@ impl<S: Replicated> Engine<S> {
                     addr: cfg.listen,
                     source,
                 })?;
+        let advertised = advertised_addr(&cfg, &listener)?;
         let mut log = store::LogStore::<S>::open(&cfg.state_dir).await?;
         let last_log = log
             .last_log_index()
@@ -136,7 +138,7 @@ impl<S: Replicated> Engine<S> {
             leader_since.clone(),
         ));
         Ok(Engine {
-            addr: cfg.listen.to_string(),
+            addr: advertised,
             cfg,
             raft,
             net,
@@ -153,6 +155,11 @@ impl<S: Replicated> Engine<S> {
         self.cfg.node_id
     }
 
+    /// The address the other members use to reach this one.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// Founds the group with this member as its only voter. Does nothing on
     /// a member whose state dir already holds a group.
     pub async fn bootstrap(&self) -> Result<(), EngineError> {
@@ -165,7 +172,10 @@ impl<S: Replicated> Engine<S> {
             return Ok(());
         }
         self.raft
-            .initialize(membership::founding(self.cfg.node_id, self.addr.clone()))
+            .initialize(membership::founding(
+                self.cfg.node_id,
+                self.addr.to_string(),
+            ))
             .await
             .map_err(|e| EngineError::Raft(e.to_string()))
     }
@@ -180,7 +190,7 @@ impl<S: Replicated> Engine<S> {
         let seeds: Vec<String> = seeds.iter().map(|a| a.to_string()).collect();
         let op = MemberOp::Add {
             id: self.cfg.node_id,
-            addr: self.addr.clone(),
+            addr: self.addr.to_string(),
         };
         self.change_members(op, &seeds).await?;
         let mut m = self.raft.metrics();
@@ -252,4 +262,22 @@ impl<S: Replicated> Engine<S> {
         let found = m.membership().voter_ids().any(|v| v == id);
         found
     }
+}
+
+/// The address other members record for this one: `advertise`, else the
+/// bound listen address (so port 0 works); it must be dialable.
+fn advertised_addr(cfg: &EngineConfig, listener: &TcpListener) -> Result<SocketAddr, EngineError> {
+    let local = listener
+        .local_addr()
+        .map_err(|source| EngineError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+    let a = cfg.advertise.unwrap_or(local);
+    if a.ip().is_unspecified() || a.port() == 0 {
+        return Err(EngineError::Config(format!(
+            "{a} cannot be dialled by other members: set an advertise address"
+        )));
+    }
+    Ok(a)
 }

@@ -18,9 +18,11 @@ use super::types::NodeId;
 pub struct EngineConfig {
     /// This member's id (unique in the group).
     pub node_id: NodeId,
-    /// Where this member listens for engine RPCs; also the address the
-    /// other members record for it, so it must be reachable by them.
+    /// Where this member listens for engine RPCs (port 0 picks a free one).
     pub listen: SocketAddr,
+    /// The address the other members record and dial for this member;
+    /// defaults to the bound listen address, which must then be specific.
+    pub advertise: Option<SocketAddr>,
     /// Known members to contact when joining ([`super::Engine::join`]).
     pub peers: BTreeMap<NodeId, SocketAddr>,
     /// Where the log, vote and snapshots persist.
@@ -66,6 +68,7 @@ impl EngineConfig {
         EngineConfig {
             node_id,
             listen,
+            advertise: None,
             peers: BTreeMap::new(),
             state_dir,
             secret,

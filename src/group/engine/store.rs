@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, Entry, RaftLogReader, StorageIOError};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -138,10 +138,16 @@ impl<S: Replicated> LogStore<S> {
         .await
     }
 
-    async fn put_meta<T: Serialize>(&self, key: &'static str, v: &T) -> Result<(), StorageError> {
+    async fn put_meta<T: Serialize>(
+        &self,
+        key: &'static str,
+        v: &T,
+        durability: Durability,
+    ) -> Result<(), StorageError> {
         let bytes = encode(v).map_err(io_err)?;
         self.blocking(Access::Write, move |db| {
-            let txn = db.begin_write().map_err(db_err)?;
+            let mut txn = db.begin_write().map_err(db_err)?;
+            txn.set_durability(durability).map_err(db_err)?;
             {
                 let mut t = txn.open_table(META).map_err(db_err)?;
                 t.insert(key, bytes.as_slice()).map_err(db_err)?;
@@ -212,7 +218,7 @@ impl<S: Replicated> RaftLogStorage<Tc<S>> for LogStore<S> {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        self.put_meta(KEY_VOTE, vote).await
+        self.put_meta(KEY_VOTE, vote, Durability::Immediate).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -220,7 +226,12 @@ impl<S: Replicated> RaftLogStorage<Tc<S>> for LogStore<S> {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.put_meta(KEY_COMMITTED, &committed).await
+        // The committed id only saves re-replication after a restart: losing
+        // the latest one in a crash is safe (openraft re-learns it from the
+        // leader), so it rides on the next durable commit (an append or a
+        // clean close) instead of costing an fsync of its own.
+        self.put_meta(KEY_COMMITTED, &committed, Durability::None)
+            .await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -280,7 +291,8 @@ impl<S: Replicated> RaftLogStorage<Tc<S>> for LogStore<S> {
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // Record the purge point first: a crash between the two steps leaves
         // entries below it, which `get_log_state` and openraft ignore.
-        self.put_meta(KEY_PURGED, &log_id).await?;
+        self.put_meta(KEY_PURGED, &log_id, Durability::Immediate)
+            .await?;
         let upto = log_id.index;
         self.blocking(Access::Write, move |db| {
             let txn = db.begin_write().map_err(db_err)?;
