@@ -81,6 +81,7 @@ async fn peer_with_wrong_secret_cannot_join_or_send_rpcs() {
     assert!(wrong.client(&mut s).await.is_err());
 
     assert_eq!(m1.metrics().voters.len(), 1);
+    assert!(m1.has_quorum(), "a one-voter group is its own majority");
     assert!(m1.metrics().learners.is_empty());
     intruder.shutdown().await.expect("shutdown");
     m1.shutdown().await.expect("shutdown");

@@ -82,13 +82,7 @@ impl<S: Replicated> Engine<S> {
         })?;
         let auth = Authenticator::new(&cfg.secret, AUTH_CONTEXT, cfg.rpc_timeout())
             .map_err(|e| EngineError::Config(e.to_string()))?;
-        let listener =
-            TcpListener::bind(cfg.listen)
-                .await
-                .map_err(|source| EngineError::Listen {
-                    addr: cfg.listen,
-                    source,
-                })?;
+        let listener = bind(cfg.listen).await?;
         let advertised = advertised_addr(&cfg, &listener)?;
         let mut log = store::LogStore::<S>::open(&cfg.state_dir).await?;
         let last_log = log
@@ -280,4 +274,24 @@ fn advertised_addr(cfg: &EngineConfig, listener: &TcpListener) -> Result<SocketA
         )));
     }
     Ok(a)
+}
+
+/// How long `start` waits for the address to be released by a previous
+/// instance of this member in the same process (dropped, still closing).
+const BIND_WAIT_MS: u64 = 5_000;
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, EngineError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(BIND_WAIT_MS);
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return Ok(l),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(source) => return Err(EngineError::Listen { addr, source }),
+        }
+    }
 }

@@ -139,10 +139,10 @@ impl<S: Replicated> Engine<S> {
             self.pause().await;
         }
         Err(match last_err {
-            Some(f) => fault_err(f),
-            None => EngineError::NoLeader {
+            Some(Fault::NotLeader { .. }) | None => EngineError::NoLeader {
                 attempts: self.cfg.propose_attempts_max,
             },
+            Some(f) => fault_err(f),
         })
     }
 }
