@@ -12,6 +12,8 @@
 
 pub mod auth;
 mod config;
+#[cfg(test)]
+mod conformance;
 mod error;
 pub mod frame;
 mod membership;

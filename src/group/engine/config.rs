@@ -132,3 +132,47 @@ impl EngineConfig {
         c.validate().map_err(|e| EngineError::Config(e.to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> EngineConfig {
+        EngineConfig::new(
+            1,
+            "127.0.0.1:1".parse().expect("addr"),
+            "/nonexistent".into(),
+            vec![0; 32],
+        )
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(cfg().raft_config().is_ok());
+    }
+
+    #[test]
+    fn election_timeout_must_exceed_two_heartbeats() {
+        let mut c = cfg();
+        c.heartbeat_ms = 500;
+        c.election_timeout_ms = 1_000;
+        assert!(matches!(c.raft_config(), Err(EngineError::Config(_))));
+    }
+
+    #[test]
+    fn zero_bounds_are_refused() {
+        let mut c = cfg();
+        c.propose_attempts_max = 0;
+        assert!(c.raft_config().is_err());
+        let mut c = cfg();
+        c.snapshot_every_entries = 0;
+        assert!(c.raft_config().is_err());
+    }
+
+    #[test]
+    fn debug_output_hides_the_secret() {
+        let mut c = cfg();
+        c.secret = b"very-secret-value-123".to_vec();
+        assert!(!format!("{c:?}").contains("very-secret"));
+    }
+}

@@ -126,6 +126,25 @@ pub async fn write<W: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_bytes_decode_without_panic(buf in proptest::collection::vec(any::<u8>(), 0..64)) {
+            // Whatever arrives, the result is a frame, "incomplete" or an error.
+            if let Ok(Some((p, used))) = decode(&buf, 16) {
+                prop_assert!(p.len() <= 16 && used <= buf.len());
+            }
+        }
+
+        #[test]
+        fn encoded_frames_decode_to_their_payload(p in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let f = encode(&p, 512).expect("within bound");
+            let (got, used) = decode(&f, 512).expect("valid").expect("whole");
+            prop_assert_eq!(got, &p[..]);
+            prop_assert_eq!(used, f.len());
+        }
+    }
 
     #[test]
     fn round_trip_and_incomplete_is_not_an_error() {
