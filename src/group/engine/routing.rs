@@ -46,7 +46,13 @@ impl<S: Replicated> Engine<S> {
                     Ok(Response::Proposed(Err(f))) => return Err(fault_err(f)),
                     Ok(_) => return Err(EngineError::Codec("answer of the wrong kind".into())),
                     Err(CallError::NotSent(_)) => {}
-                    Err(CallError::Sent(e)) => return Err(e),
+                    Err(CallError::Sent(e @ EngineError::Indeterminate { .. })) => return Err(e),
+                    Err(CallError::Sent(e)) => {
+                        return Err(EngineError::Indeterminate {
+                            addr,
+                            reason: e.to_string(),
+                        })
+                    }
                 }
             }
             self.pause().await;
