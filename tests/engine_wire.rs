@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use geomirror::group::engine::auth::Authenticator;
 use geomirror::group::engine::frame;
-use geomirror::group::engine::{Engine, EngineConfig, EngineError, Replicated, AUTH_CONTEXT};
+use geomirror::group::engine::{
+    Engine, EngineConfig, EngineError, Replicated, AUTH_CONTEXT, CONNECTIONS_MAX,
+};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -142,5 +144,46 @@ async fn corrupt_or_oversize_frames_drop_the_connection() {
         .await
         .expect("task");
     assert_eq!(added.expect("propose"), 5);
+    m1.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_client_is_dropped_after_the_handshake_timeout() {
+    let root = common::tempdir();
+    let (m1, m1_addr) = founder(root.path()).await;
+    // Connects and never says anything: the handshake timeout closes it.
+    let s = TcpStream::connect(m1_addr).await.expect("connect");
+    assert!(
+        dropped(s).await,
+        "a silent client must not hold a slot forever"
+    );
+    m1.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_are_closed() {
+    let root = common::tempdir();
+    let (m1, m1_addr) = founder(root.path()).await;
+    let mut held = Vec::new();
+    for _ in 0..CONNECTIONS_MAX {
+        held.push(TcpStream::connect(m1_addr).await.expect("connect"));
+    }
+    let extra = TcpStream::connect(m1_addr).await.expect("connect");
+    assert!(
+        dropped(extra).await,
+        "connection over the cap must be closed"
+    );
+    drop(held);
+    // Slots come back once the held connections are gone.
+    let t0 = Instant::now();
+    loop {
+        let a = Authenticator::new(SECRET, AUTH_CONTEXT, WAIT).expect("authenticator");
+        let mut s = TcpStream::connect(m1_addr).await.expect("connect");
+        if a.client(&mut s).await.is_ok() {
+            break;
+        }
+        assert!(t0.elapsed() < WAIT, "slots never released");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     m1.shutdown().await.expect("shutdown");
 }
