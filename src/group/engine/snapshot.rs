@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::error::EngineError;
-use super::types::{decode, encode, SnapshotMeta};
+use super::types::{decode_snapshot, encode, SnapshotMeta};
 
 const MAGIC: &[u8; 8] = b"GMSNAP01";
 const FILE_NAME: &str = "snapshot.bin";
@@ -93,7 +93,7 @@ pub(crate) fn load(dir: &Path) -> Result<Option<Stored>, EngineError> {
     if crc32fast::hash(&payload) != crc {
         return Err(bad("snapshot checksum mismatch"));
     }
-    decode(&payload)
+    decode_snapshot(&payload)
         .map(Some)
         .map_err(|e| bad(&format!("snapshot decode: {e}")))
 }

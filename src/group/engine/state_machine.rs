@@ -11,7 +11,9 @@ use tokio::sync::watch;
 
 use super::error::EngineError;
 use super::snapshot::{self, Stored};
-use super::types::{decode, encode, LogId, Membership, Replicated, SnapshotMeta, StorageError, Tc};
+use super::types::{
+    decode_snapshot, encode, LogId, Membership, Replicated, SnapshotMeta, StorageError, Tc,
+};
 
 /// The applied state and what openraft needs to know about it.
 pub(crate) struct StateMachine<S> {
@@ -52,7 +54,8 @@ impl<S: Replicated> StateMachine<S> {
         let (state, last_applied, membership) = match stored {
             None => (S::default(), None, Membership::default()),
             Some(s) => {
-                let st: S = decode(&s.data).map_err(|e| EngineError::Codec(e.to_string()))?;
+                let st: S =
+                    decode_snapshot(&s.data).map_err(|e| EngineError::Codec(e.to_string()))?;
                 (st, s.meta.last_log_id, s.meta.last_membership)
             }
         };
@@ -149,7 +152,7 @@ impl<S: Replicated> RaftStateMachine<Tc<S>> for StateMachine<S> {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        let state: S = decode(&data).map_err(sm_err)?;
+        let state: S = decode_snapshot(&data).map_err(sm_err)?;
         let stored = Stored {
             meta: meta.clone(),
             data,

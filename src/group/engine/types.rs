@@ -9,6 +9,9 @@ use std::marker::PhantomData;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::frame::FRAME_BYTES_MAX;
+use super::snapshot::SNAPSHOT_BYTES_MAX;
+
 /// A deterministic state machine ordered by the engine: every member applies
 /// the same commands in the same order and reaches the same state.
 pub trait Replicated:
@@ -82,21 +85,44 @@ pub(crate) type SnapshotMeta = openraft::SnapshotMeta<NodeId, Node>;
 pub(crate) type StorageError = openraft::StorageError<NodeId>;
 pub(crate) type Raft<S> = openraft::Raft<Tc<S>>;
 
-/// The bincode configuration used for every encoding in the engine (frames,
-/// log entries, snapshots): fixed, so all members agree on the bytes.
-pub(crate) fn bincode_cfg() -> bincode::config::Configuration {
-    bincode::config::standard()
+/// The bincode configuration of every encoding in the engine (frames, log
+/// entries, snapshots): fixed, so all members agree on the bytes. The
+/// limit `N` caps what a decode may claim, so a forged length prefix
+/// inside a small buffer cannot make it allocate gigabytes.
+type Cfg<const N: usize> = bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<N>,
+>;
+
+fn cfg<const N: usize>() -> Cfg<N> {
+    bincode::config::standard().with_limit::<N>()
 }
 
 /// Encodes `v` with the engine's bincode configuration.
 pub(crate) fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, bincode::error::EncodeError> {
-    bincode::serde::encode_to_vec(v, bincode_cfg())
+    bincode::serde::encode_to_vec(v, cfg::<{ FRAME_BYTES_MAX }>())
 }
 
-/// Decodes a whole buffer; trailing bytes are an error, since every buffer
-/// we decode was framed with its exact length.
+/// Decodes a frame or a log entry, claiming at most `FRAME_BYTES_MAX`.
 pub(crate) fn decode<T: DeserializeOwned>(buf: &[u8]) -> Result<T, bincode::error::DecodeError> {
-    let (v, used) = bincode::serde::decode_from_slice(buf, bincode_cfg())?;
+    decode_with(buf, cfg::<{ FRAME_BYTES_MAX }>())
+}
+
+/// Decodes a snapshot or a state, claiming at most `SNAPSHOT_BYTES_MAX`.
+pub(crate) fn decode_snapshot<T: DeserializeOwned>(
+    buf: &[u8],
+) -> Result<T, bincode::error::DecodeError> {
+    decode_with(buf, cfg::<{ SNAPSHOT_BYTES_MAX as usize }>())
+}
+
+/// Trailing bytes are an error: every buffer we decode was framed with its
+/// exact length.
+fn decode_with<T: DeserializeOwned, C: bincode::config::Config>(
+    buf: &[u8],
+    c: C,
+) -> Result<T, bincode::error::DecodeError> {
+    let (v, used) = bincode::serde::decode_from_slice(buf, c)?;
     if used != buf.len() {
         return Err(bincode::error::DecodeError::OtherString(format!(
             "{} trailing bytes",
@@ -104,4 +130,26 @@ pub(crate) fn decode<T: DeserializeOwned>(buf: &[u8]) -> Result<T, bincode::erro
         )));
     }
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forged_length_prefix_is_refused_without_allocating_it() {
+        // Varint u64 marker (253) then 2^40 as the string length, and no bytes.
+        let mut buf = vec![253u8];
+        buf.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        assert!(decode::<String>(&buf).is_err());
+        assert!(decode::<Vec<u8>>(&buf).is_err());
+        assert!(decode_snapshot::<Vec<u64>>(&buf).is_err());
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        let mut buf = encode(&7u32).expect("encode");
+        buf.push(0);
+        assert!(decode::<u32>(&buf).is_err());
+    }
 }
