@@ -1,0 +1,464 @@
+//! The copy-host side: accepts the production host's connection,
+//! authenticates it, fences it by epoch, and applies its requests to the
+//! copy disk (overlapping writes in arrival order, others in parallel).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinHandle;
+
+use super::auth::{self, Role};
+use super::error::ReplicationError;
+use super::framed::{write_frame, FrameReader};
+use super::generation::Generations;
+use super::order::OverlapGate;
+use super::wire::{Msg, PAYLOAD_BYTES_MAX, SUMS_COUNT_MAX};
+use crate::storage::{self, BlockDevice, IoBuf, Reply, Request, StorageError};
+
+/// How the copy host serves its disk.
+#[derive(Clone)]
+pub struct ReceiverConfig {
+    /// The recovery domain's secret.
+    pub secret: Vec<u8>,
+    /// The group epoch this member knows; raised by the group engine and by
+    /// any authenticated peer speaking for a newer one.
+    pub epoch: Arc<AtomicU64>,
+    /// Generations of the copy disk (from its label).
+    pub generations: Generations,
+    /// Time allowed for the handshake.
+    pub handshake_timeout_ms: u64,
+    /// Requests applied concurrently per session (back-pressure beyond).
+    pub inflight_ops_max: usize,
+    /// Connections open at once (handshaking or serving).
+    pub connections_max: usize,
+}
+
+impl ReceiverConfig {
+    pub fn new(secret: &[u8], epoch: u64, generations: Generations) -> ReceiverConfig {
+        ReceiverConfig {
+            secret: secret.to_vec(),
+            epoch: Arc::new(AtomicU64::new(epoch)),
+            generations,
+            handshake_timeout_ms: 5_000,
+            inflight_ops_max: 1024,
+            connections_max: 4,
+        }
+    }
+}
+
+/// Counters of a receiver.
+#[derive(Default, Debug)]
+pub struct ReceiverStats {
+    /// Authenticated sessions so far.
+    pub sessions: AtomicU64,
+    /// Connections refused or dropped for a protocol error.
+    pub refused: AtomicU64,
+    /// Write frames applied to the copy disk.
+    pub writes_applied: AtomicU64,
+    /// Page bytes written to the copy disk.
+    pub bytes_written: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl ReceiverStats {
+    /// The last reason a connection was refused or dropped.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().expect("stats lock poisoned").clone()
+    }
+}
+
+struct Shared {
+    disk: Arc<dyn BlockDevice>,
+    cfg: ReceiverConfig,
+    stats: Arc<ReceiverStats>,
+    /// Held by the serving session: a newer session waits until the old
+    /// one has finished every disk write, so no stale write lands late.
+    apply: tokio::sync::Mutex<()>,
+    /// Tells the serving session to stop.
+    current: Mutex<Option<watch::Sender<bool>>>,
+    conns: Arc<Semaphore>,
+}
+
+/// A running receiver; dropping it (or [`Receiver::shutdown`]) stops it.
+pub struct Receiver {
+    addr: std::net::SocketAddr,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Receiver {
+    /// Serve `disk` to production hosts connecting to `listener`.
+    pub fn start(
+        listener: TcpListener,
+        disk: Arc<dyn BlockDevice>,
+        cfg: ReceiverConfig,
+    ) -> std::io::Result<Receiver> {
+        let addr = listener.local_addr()?;
+        let (stop, stop_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            disk,
+            conns: Arc::new(Semaphore::new(cfg.connections_max.max(1))),
+            cfg,
+            stats: Arc::default(),
+            apply: tokio::sync::Mutex::new(()),
+            current: Mutex::new(None),
+        });
+        let task = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
+        Ok(Receiver {
+            addr,
+            shared,
+            stop,
+            task: Some(task),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    pub fn stats(&self) -> &ReceiverStats {
+        &self.shared.stats
+    }
+
+    /// The epoch this receiver knows (shared with the group engine).
+    pub fn epoch(&self) -> &Arc<AtomicU64> {
+        &self.shared.cfg.epoch
+    }
+
+    /// Stop accepting, drop the sessions and wait until every disk write
+    /// already started has finished.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+        let _guard = self.shared.apply.lock().await;
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut sessions = tokio::task::JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            p = shared.conns.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = stop.changed() => break,
+        };
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let shared = shared.clone();
+        let stop = stop.clone();
+        sessions.spawn(async move {
+            if let Err(e) = serve(stream, &shared, stop).await {
+                tracing::warn!("replication session ended: {e}");
+                shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+                *shared.stats.last_error.lock().expect("stats lock poisoned") = Some(e.to_string());
+            }
+            drop(permit);
+        });
+        while sessions.try_join_next().is_some() {}
+    }
+    // Stopping: sessions see `stop` and finish their in-flight writes.
+    while sessions.join_next().await.is_some() {}
+}
+
+async fn serve(
+    stream: TcpStream,
+    shared: &Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), ReplicationError> {
+    stream.set_nodelay(true)?;
+    let (r, w) = stream.into_split();
+    let mut reader = FrameReader::new(r);
+    let mut writer = BufWriter::with_capacity(64 * 1024, w);
+    let mut scratch = Vec::new();
+    let cfg = &shared.cfg;
+
+    // Authenticate before anything else crosses the wire.
+    let ours = auth::nonce();
+    let hs = async {
+        write_frame(
+            &mut writer,
+            &mut scratch,
+            &Msg::Challenge { nonce: ours },
+            &[],
+        )
+        .await?;
+        writer.flush().await?;
+        let Some((msg, _)) = reader.next().await? else {
+            return Err(ReplicationError::Unexpected(
+                "end of stream during handshake",
+            ));
+        };
+        let Msg::Auth { epoch, nonce, mac } = msg else {
+            return Err(ReplicationError::Unexpected("expected Auth"));
+        };
+        if nonce == ours {
+            return Err(ReplicationError::ReflectedChallenge);
+        }
+        auth::verify(&cfg.secret, Role::Production, &ours, &nonce, epoch, &mac)?;
+        let known = cfg.epoch.fetch_max(epoch, Ordering::AcqRel).max(epoch);
+        if epoch < known {
+            return Err(ReplicationError::StaleEpoch { got: epoch, known });
+        }
+        Ok((nonce, known))
+    };
+    let (theirs, known) = tokio::time::timeout(Duration::from_millis(cfg.handshake_timeout_ms), hs)
+        .await
+        .map_err(|_| ReplicationError::Timeout("handshake"))??;
+
+    // Take over from an older session once it has drained its writes.
+    let (my_stop, mut my_stop_rx) = watch::channel(false);
+    if let Some(old) = shared
+        .current
+        .lock()
+        .expect("lock poisoned")
+        .replace(my_stop)
+    {
+        let _ = old.send(true);
+    }
+    let _apply = shared.apply.lock().await;
+    shared.stats.sessions.fetch_add(1, Ordering::Relaxed);
+
+    let welcome = Msg::Welcome {
+        epoch: known,
+        mac: auth::mac(&cfg.secret, Role::Copy, &theirs, &ours, known),
+        generations: cfg.generations,
+        size: shared.disk.size(),
+    };
+    write_frame(&mut writer, &mut scratch, &welcome, &[]).await?;
+    writer.flush().await?;
+
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+    let writer_task = tokio::spawn(ack_writer(writer, ack_rx));
+    let ops = Arc::new(Semaphore::new(cfg.inflight_ops_max.max(1)));
+    let gate = OverlapGate::new();
+    let result = loop {
+        let next = tokio::select! {
+            n = reader.next() => n,
+            _ = stop.changed() => break Ok(()),
+            _ = my_stop_rx.changed() => break Ok(()),
+        };
+        let (msg, page) = match next {
+            Ok(Some(f)) => f,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        };
+        if let Err(e) = dispatch(shared, &gate, &ops, &ack_tx, msg, page).await {
+            break Err(e);
+        }
+    };
+    // Let every write already admitted finish before giving up the disk.
+    let _all = ops.acquire_many(cfg.inflight_ops_max.max(1) as u32).await;
+    drop(ack_tx);
+    let _ = writer_task.await;
+    result
+}
+
+async fn ack_writer(mut w: BufWriter<OwnedWriteHalf>, mut rx: mpsc::UnboundedReceiver<Msg>) {
+    let mut scratch = Vec::new();
+    while let Some(m) = rx.recv().await {
+        if write_frame(&mut w, &mut scratch, &m, &[]).await.is_err() {
+            return;
+        }
+        while let Ok(m) = rx.try_recv() {
+            if write_frame(&mut w, &mut scratch, &m, &[]).await.is_err() {
+                return;
+            }
+        }
+        if w.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn check_range(offset: u64, len: u64, size: u64) -> Result<(), ReplicationError> {
+    match offset.checked_add(len) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(ReplicationError::OutOfRange { offset, len, size }),
+    }
+}
+
+/// Validate one request, admit it in arrival order and run it.
+async fn dispatch(
+    shared: &Arc<Shared>,
+    gate: &OverlapGate,
+    ops: &Arc<Semaphore>,
+    acks: &mpsc::UnboundedSender<Msg>,
+    msg: Msg,
+    page: Option<IoBuf>,
+) -> Result<(), ReplicationError> {
+    let epoch = msg
+        .epoch()
+        .ok_or(ReplicationError::Unexpected("challenge after handshake"))?;
+    // Fencing: a host speaking for an older epoch lost its role.
+    let known = shared
+        .cfg
+        .epoch
+        .fetch_max(epoch, Ordering::AcqRel)
+        .max(epoch);
+    if epoch < known {
+        return Err(ReplicationError::StaleEpoch { got: epoch, known });
+    }
+    let size = shared.disk.size();
+    let (seq, req, ticket) = match msg {
+        Msg::Write {
+            seq,
+            offset,
+            len,
+            fua,
+            ..
+        } => {
+            check_range(offset, len.into(), size)?;
+            let data = page.unwrap_or_else(|| IoBuf::zeroed(0));
+            (
+                seq,
+                Op::Disk(Request::Write { offset, data, fua }),
+                gate.admit(offset, len.into()),
+            )
+        }
+        Msg::Zero {
+            seq,
+            offset,
+            len,
+            trim,
+            punch,
+            ..
+        } => {
+            check_range(offset, len, size)?;
+            let req = if trim {
+                Request::Trim { offset, len }
+            } else {
+                Request::WriteZeroes { offset, len, punch }
+            };
+            (seq, Op::Disk(req), gate.admit(offset, len))
+        }
+        Msg::Flush { seq, .. } => (seq, Op::Disk(Request::Flush), gate.barrier()),
+        Msg::SumsRequest {
+            seq,
+            offset,
+            chunk_bytes,
+            count,
+            ..
+        } => {
+            if count > SUMS_COUNT_MAX
+                || chunk_bytes == 0
+                || chunk_bytes as usize > PAYLOAD_BYTES_MAX
+            {
+                return Err(ReplicationError::Malformed(format!(
+                    "sums of {count} chunks of {chunk_bytes}"
+                )));
+            }
+            let len = (u64::from(chunk_bytes) * u64::from(count)).min(size.saturating_sub(offset));
+            check_range(offset, len, size)?;
+            (
+                seq,
+                Op::Sums {
+                    offset,
+                    len,
+                    chunk_bytes,
+                },
+                gate.admit(offset, len),
+            )
+        }
+        _ => {
+            return Err(ReplicationError::Unexpected(
+                "reply message sent to a copy host",
+            ))
+        }
+    };
+    let permit = ops
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("ops semaphore is never closed");
+    let shared = shared.clone();
+    let acks = acks.clone();
+    let mut ticket = ticket;
+    tokio::spawn(async move {
+        ticket.ready().await;
+        let reply = run(&shared, req).await;
+        drop(ticket);
+        let epoch = shared.cfg.epoch.load(Ordering::Acquire);
+        let m = match reply {
+            Ok(None) => Msg::Ack { epoch, seq },
+            Ok(Some(sums)) => Msg::Sums { epoch, seq, sums },
+            Err(e) => Msg::Nack {
+                epoch,
+                seq,
+                errno: e.errno(),
+            },
+        };
+        let _ = acks.send(m);
+        drop(permit);
+    });
+    Ok(())
+}
+
+enum Op {
+    Disk(Request),
+    Sums {
+        offset: u64,
+        len: u64,
+        chunk_bytes: u32,
+    },
+}
+
+async fn run(shared: &Shared, op: Op) -> Result<Option<Vec<u32>>, StorageError> {
+    match op {
+        Op::Disk(req) => {
+            let bytes = match &req {
+                Request::Write { data, .. } => Some(data.len() as u64),
+                _ => None,
+            };
+            storage::call(&*shared.disk, req).await?;
+            if let Some(b) = bytes {
+                shared.stats.writes_applied.fetch_add(1, Ordering::Relaxed);
+                shared.stats.bytes_written.fetch_add(b, Ordering::Relaxed);
+            }
+            Ok(None)
+        }
+        Op::Sums {
+            offset,
+            len,
+            chunk_bytes,
+        } => {
+            let mut sums = Vec::new();
+            let mut at = offset;
+            while at < offset + len {
+                let n = u64::from(chunk_bytes).min(offset + len - at) as u32;
+                let Reply::Read(buf) =
+                    storage::call(&*shared.disk, Request::Read { offset: at, len: n }).await?
+                else {
+                    return Err(StorageError::Stopped);
+                };
+                sums.push(crc32fast::hash(&buf));
+                at += u64::from(n);
+            }
+            Ok(Some(sums))
+        }
+    }
+}
