@@ -4,7 +4,11 @@ use clap::{Parser, Subcommand};
 use geomirror::cmd;
 
 #[derive(Parser)]
-#[command(name = "geomirror", version, about = "Userspace block-device mirroring over NBD")]
+#[command(
+    name = "geomirror",
+    version,
+    about = "Userspace block-device mirroring over NBD"
+)]
 struct Cli {
     /// Log filter (tracing env-filter syntax), e.g. `info`, `geomirror=debug`.
     #[arg(long, global = true, env = "GEOMIRROR_LOG", default_value = "info")]

@@ -7,16 +7,24 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, suffix) = t.split_at(digits_end);
     if num.is_empty() {
-        return Err(format!("{s:?} is not a size (expected e.g. 4096, 256M, 10G)"));
+        return Err(format!(
+            "{s:?} is not a size (expected e.g. 4096, 256M, 10G)"
+        ));
     }
-    let n: u64 = num.parse().map_err(|_| format!("{s:?}: number too large"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: number too large"))?;
     let shift = match suffix.to_ascii_lowercase().as_str() {
         "" | "b" => 0,
         "k" | "kb" | "ki" | "kib" => 10,
         "m" | "mb" | "mi" | "mib" => 20,
         "g" | "gb" | "gi" | "gib" => 30,
         "t" | "tb" | "ti" | "tib" => 40,
-        _ => return Err(format!("{s:?}: unknown size suffix {suffix:?} (use K, M, G or T)")),
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown size suffix {suffix:?} (use K, M, G or T)"
+            ))
+        }
     };
     n.checked_mul(1u64 << shift)
         .ok_or_else(|| format!("{s:?}: size too large"))
@@ -55,8 +63,12 @@ mod tests {
     fn bad_sizes_are_refused_with_the_reason() {
         assert!(parse_size("").is_err());
         assert!(parse_size("M").is_err());
-        assert!(parse_size("12X").unwrap_err().contains("unknown size suffix"));
-        assert!(parse_size("99999999999T").unwrap_err().contains("too large"));
+        assert!(parse_size("12X")
+            .unwrap_err()
+            .contains("unknown size suffix"));
+        assert!(parse_size("99999999999T")
+            .unwrap_err()
+            .contains("too large"));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use super::dirty::{chunk_span, DirtyLog};
 use super::error::ReplicationError;
 use super::generation::Generations;
 use super::link::{CopyConfig, CopyLink, ItemReply, Op};
-use super::order::OverlapGate;
+use super::order::{OverlapGate, Ticket};
 use super::primary::{Mode, Primary};
 use super::session::run_link;
 use super::wire::PAYLOAD_BYTES_MAX;
@@ -119,8 +119,20 @@ impl BlockDevice for MirroredVolume {
         }
         let primary = self.primary.clone();
         let links = self.links.read().expect("links lock poisoned").clone();
+        // The place in the order is taken here, synchronously: requests
+        // submitted one after another are applied (locally and on every
+        // copy) in submission order where they overlap.
+        let ticket = match &req {
+            Request::Write { offset, data, .. } => {
+                Some(primary.gate.admit(*offset, data.len() as u64))
+            }
+            Request::Trim { offset, len } | Request::WriteZeroes { offset, len, .. } => {
+                Some(primary.gate.admit(*offset, *len))
+            }
+            _ => None,
+        };
         self.rt.spawn(async move {
-            let _ = done.send(replicate(&primary, &links, req).await);
+            let _ = done.send(replicate(&primary, &links, req, ticket).await);
         });
     }
 
@@ -134,6 +146,7 @@ async fn replicate(
     primary: &Primary,
     links: &[Arc<CopyLink>],
     req: Request,
+    ticket: Option<Ticket>,
 ) -> Result<Reply, StorageError> {
     let size = primary.local.size();
     let (offset, len) = match &req {
@@ -143,7 +156,7 @@ async fn replicate(
         Request::Read { .. } => return storage::call(&*primary.local, req).await,
     };
     storage::check_range(offset, len, size)?;
-    let mut ticket = primary.gate.admit(offset, len);
+    let mut ticket = ticket.unwrap_or_else(|| primary.gate.admit(offset, len));
     ticket.ready().await;
     let mut acks: Vec<oneshot::Receiver<ItemReply>> = Vec::new();
     let mut failed = None;

@@ -24,7 +24,8 @@ impl IoBuf {
     /// A buffer of `len` zero bytes.
     pub fn zeroed(len: usize) -> IoBuf {
         let cap = len.div_ceil(ALIGN).max(1) * ALIGN;
-        let layout = Layout::from_size_align(cap, ALIGN).expect("size rounded to ALIGN cannot overflow isize here");
+        let layout = Layout::from_size_align(cap, ALIGN)
+            .expect("size rounded to ALIGN cannot overflow isize here");
         // SAFETY: layout has a non-zero size.
         let raw = unsafe { alloc::alloc_zeroed(layout) };
         let Some(ptr) = NonNull::new(raw) else {
@@ -84,7 +85,8 @@ impl std::ops::DerefMut for IoBuf {
 
 impl Drop for IoBuf {
     fn drop(&mut self) {
-        let layout = Layout::from_size_align(self.cap, ALIGN).expect("layout was valid at allocation");
+        let layout =
+            Layout::from_size_align(self.cap, ALIGN).expect("layout was valid at allocation");
         // SAFETY: allocated in `zeroed` with this same layout.
         unsafe { alloc::dealloc(self.ptr.as_ptr(), layout) }
     }

@@ -52,13 +52,27 @@ impl StorageError {
 /// against the disk size by the engine.
 #[derive(Debug)]
 pub enum Request {
-    Read { offset: u64, len: u32 },
-    Write { offset: u64, data: IoBuf, fua: bool },
+    Read {
+        offset: u64,
+        len: u32,
+    },
+    Write {
+        offset: u64,
+        data: IoBuf,
+        fua: bool,
+    },
     Flush,
     /// Discard: the range may read back as anything (we punch a hole: zeroes).
-    Trim { offset: u64, len: u64 },
+    Trim {
+        offset: u64,
+        len: u64,
+    },
     /// Make the range read as zeroes; `punch` allows deallocating it.
-    WriteZeroes { offset: u64, len: u64, punch: bool },
+    WriteZeroes {
+        offset: u64,
+        len: u64,
+        punch: bool,
+    },
 }
 
 /// What a completed request hands back.

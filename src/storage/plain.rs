@@ -49,7 +49,11 @@ impl PlainEngine {
                 punch(file, offset, len).map_err(io(offset))?;
                 Ok(Reply::Done)
             }
-            Request::WriteZeroes { offset, len, punch: may_punch } => {
+            Request::WriteZeroes {
+                offset,
+                len,
+                punch: may_punch,
+            } => {
                 check_range(offset, len, size)?;
                 if !(may_punch && punch(file, offset, len).is_ok()) {
                     write_zeroes(file, offset, len).map_err(io(offset))?;
