@@ -161,31 +161,29 @@ async fn replicate(
     let mut acks: Vec<oneshot::Receiver<ItemReply>> = Vec::new();
     let mut failed = None;
     match &req {
-        Request::Write { data, fua, .. } => {
-            if !links.is_empty() {
-                // The local engine takes the buffer; the links share a copy.
-                let shared = Arc::new(IoBuf::from_slice(data));
-                let mut start = 0usize;
-                while start < shared.len() || (start == 0 && shared.is_empty()) {
-                    let n = PAYLOAD_BYTES_MAX.min(shared.len() - start);
-                    let crc = crc32fast::hash(&shared[start..start + n]);
-                    let at = offset + start as u64;
-                    for link in links {
-                        let op = Op::Write {
-                            offset: at,
-                            data: shared.clone(),
-                            start,
-                            len: n,
-                            crc,
-                            fua: *fua,
-                        };
-                        send(link, at, n as u64, op, &mut acks, &mut failed).await;
-                    }
-                    start += n;
-                    if n == 0 {
-                        break;
-                    }
+        // An empty write changes nothing and is not replicated.
+        Request::Write { data, fua, .. } if !links.is_empty() && !data.is_empty() => {
+            // The local engine takes the buffer; the links share a copy,
+            // cut into frames of at most PAYLOAD_BYTES_MAX.
+            let shared = Arc::new(IoBuf::from_slice(data));
+            let mut start = 0usize;
+            while start < shared.len() {
+                let n = PAYLOAD_BYTES_MAX.min(shared.len() - start);
+                // Computed once, before sending; every copy checks it.
+                let crc = crc32fast::hash(&shared[start..start + n]);
+                let at = offset + start as u64;
+                for link in links {
+                    let op = Op::Write {
+                        offset: at,
+                        data: shared.clone(),
+                        start,
+                        len: n,
+                        crc,
+                        fua: *fua,
+                    };
+                    send(link, at, n as u64, op, &mut acks, &mut failed).await;
                 }
+                start += n;
             }
         }
         Request::Trim { .. } | Request::WriteZeroes { .. } => {

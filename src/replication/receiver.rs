@@ -34,6 +34,8 @@ pub struct ReceiverConfig {
     pub handshake_timeout_ms: u64,
     /// Requests applied concurrently per session (back-pressure beyond).
     pub inflight_ops_max: usize,
+    /// Page bytes held in memory by the requests of one session.
+    pub inflight_bytes_max: u32,
     /// Connections open at once (handshaking or serving).
     pub connections_max: usize,
 }
@@ -46,6 +48,7 @@ impl ReceiverConfig {
             generations,
             handshake_timeout_ms: 5_000,
             inflight_ops_max: 1024,
+            inflight_bytes_max: 128 << 20,
             connections_max: 4,
         }
     }
@@ -255,6 +258,7 @@ async fn serve(
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
     let writer_task = tokio::spawn(ack_writer(writer, ack_rx));
     let ops = Arc::new(Semaphore::new(cfg.inflight_ops_max.max(1)));
+    let bytes = Arc::new(Semaphore::new(cfg.inflight_bytes_max.max(1) as usize));
     let gate = OverlapGate::new();
     let result = loop {
         let next = tokio::select! {
@@ -267,7 +271,11 @@ async fn serve(
             Ok(None) => break Ok(()),
             Err(e) => break Err(e),
         };
-        if let Err(e) = dispatch(shared, &gate, &ops, &ack_tx, msg, page).await {
+        let limits = Limits {
+            ops: &ops,
+            bytes: &bytes,
+        };
+        if let Err(e) = dispatch(shared, &gate, limits, &ack_tx, msg, page).await {
             break Err(e);
         }
     };
@@ -303,10 +311,17 @@ fn check_range(offset: u64, len: u64, size: u64) -> Result<(), ReplicationError>
 }
 
 /// Validate one request, admit it in arrival order and run it.
+/// What bounds one session's requests in flight.
+#[derive(Clone, Copy)]
+struct Limits<'a> {
+    ops: &'a Arc<Semaphore>,
+    bytes: &'a Arc<Semaphore>,
+}
+
 async fn dispatch(
     shared: &Arc<Shared>,
     gate: &OverlapGate,
-    ops: &Arc<Semaphore>,
+    limits: Limits<'_>,
     acks: &mpsc::UnboundedSender<Msg>,
     msg: Msg,
     page: Option<IoBuf>,
@@ -390,11 +405,22 @@ async fn dispatch(
             ))
         }
     };
-    let permit = ops
+    let page_bytes = match &req {
+        Op::Disk(Request::Write { data, .. }) => data.len() as u32,
+        _ => 0,
+    };
+    let permit = limits
+        .ops
         .clone()
         .acquire_owned()
         .await
         .expect("ops semaphore is never closed");
+    let held = limits
+        .bytes
+        .clone()
+        .acquire_many_owned(page_bytes.min(shared.cfg.inflight_bytes_max.max(1)))
+        .await
+        .expect("bytes semaphore is never closed");
     let shared = shared.clone();
     let acks = acks.clone();
     let mut ticket = ticket;
@@ -413,6 +439,7 @@ async fn dispatch(
             },
         };
         let _ = acks.send(m);
+        drop(held);
         drop(permit);
     });
     Ok(())

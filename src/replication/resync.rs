@@ -123,7 +123,7 @@ async fn send_chunk(
     };
     // The answer is tracked through the pending set, not awaited here, so
     // many chunks are in flight (bounded by the window).
-    let _ = link.enqueue(sess, op, Some(c..=c), Some(c)).await;
+    drop(link.enqueue(sess, op, Some(c..=c), Some(c)).await);
     drop(ticket);
     Ok(())
 }
