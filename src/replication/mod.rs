@@ -8,6 +8,7 @@
 //!                      │ DirtyLog (durable bitmap)              ◀── Ack/Sums/Nack
 //! ```
 
+mod apply;
 pub mod auth;
 pub mod dirty;
 pub mod error;
@@ -20,6 +21,7 @@ mod primary;
 pub mod receiver;
 mod resync;
 mod session;
+mod stats;
 pub mod verify;
 pub mod wire;
 

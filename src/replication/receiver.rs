@@ -7,18 +7,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncWriteExt, BufWriter};
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 
+use super::apply::{ack_writer, dispatch, Limits};
 use super::auth::{self, Role};
 use super::error::ReplicationError;
 use super::framed::{write_frame, FrameReader};
 use super::generation::Generations;
 use super::order::OverlapGate;
-use super::wire::{Msg, PAYLOAD_BYTES_MAX, SUMS_COUNT_MAX};
-use crate::storage::{self, BlockDevice, IoBuf, Reply, Request, StorageError};
+use super::wire::Msg;
+use crate::storage::BlockDevice;
 
 /// How the copy host serves its disk.
 #[derive(Clone)]
@@ -75,10 +75,10 @@ impl ReceiverStats {
     }
 }
 
-struct Shared {
-    disk: Arc<dyn BlockDevice>,
-    cfg: ReceiverConfig,
-    stats: Arc<ReceiverStats>,
+pub(super) struct Shared {
+    pub disk: Arc<dyn BlockDevice>,
+    pub cfg: ReceiverConfig,
+    pub stats: Arc<ReceiverStats>,
     /// Held by the serving session: a newer session waits until the old
     /// one has finished every disk write, so no stale write lands late.
     apply: tokio::sync::Mutex<()>,
@@ -284,208 +284,4 @@ async fn serve(
     drop(ack_tx);
     let _ = writer_task.await;
     result
-}
-
-async fn ack_writer(mut w: BufWriter<OwnedWriteHalf>, mut rx: mpsc::UnboundedReceiver<Msg>) {
-    let mut scratch = Vec::new();
-    while let Some(m) = rx.recv().await {
-        if write_frame(&mut w, &mut scratch, &m, &[]).await.is_err() {
-            return;
-        }
-        while let Ok(m) = rx.try_recv() {
-            if write_frame(&mut w, &mut scratch, &m, &[]).await.is_err() {
-                return;
-            }
-        }
-        if w.flush().await.is_err() {
-            return;
-        }
-    }
-}
-
-fn check_range(offset: u64, len: u64, size: u64) -> Result<(), ReplicationError> {
-    match offset.checked_add(len) {
-        Some(end) if end <= size => Ok(()),
-        _ => Err(ReplicationError::OutOfRange { offset, len, size }),
-    }
-}
-
-/// Validate one request, admit it in arrival order and run it.
-/// What bounds one session's requests in flight.
-#[derive(Clone, Copy)]
-struct Limits<'a> {
-    ops: &'a Arc<Semaphore>,
-    bytes: &'a Arc<Semaphore>,
-}
-
-async fn dispatch(
-    shared: &Arc<Shared>,
-    gate: &OverlapGate,
-    limits: Limits<'_>,
-    acks: &mpsc::UnboundedSender<Msg>,
-    msg: Msg,
-    page: Option<IoBuf>,
-) -> Result<(), ReplicationError> {
-    let epoch = msg
-        .epoch()
-        .ok_or(ReplicationError::Unexpected("challenge after handshake"))?;
-    // Fencing: a host speaking for an older epoch lost its role.
-    let known = shared
-        .cfg
-        .epoch
-        .fetch_max(epoch, Ordering::AcqRel)
-        .max(epoch);
-    if epoch < known {
-        return Err(ReplicationError::StaleEpoch { got: epoch, known });
-    }
-    let size = shared.disk.size();
-    let (seq, req, ticket) = match msg {
-        Msg::Write {
-            seq,
-            offset,
-            len,
-            fua,
-            ..
-        } => {
-            check_range(offset, len.into(), size)?;
-            let data = page.unwrap_or_else(|| IoBuf::zeroed(0));
-            (
-                seq,
-                Op::Disk(Request::Write { offset, data, fua }),
-                gate.admit(offset, len.into()),
-            )
-        }
-        Msg::Zero {
-            seq,
-            offset,
-            len,
-            trim,
-            punch,
-            ..
-        } => {
-            check_range(offset, len, size)?;
-            let req = if trim {
-                Request::Trim { offset, len }
-            } else {
-                Request::WriteZeroes { offset, len, punch }
-            };
-            (seq, Op::Disk(req), gate.admit(offset, len))
-        }
-        Msg::Flush { seq, .. } => (seq, Op::Disk(Request::Flush), gate.barrier()),
-        Msg::SumsRequest {
-            seq,
-            offset,
-            chunk_bytes,
-            count,
-            ..
-        } => {
-            if count > SUMS_COUNT_MAX
-                || chunk_bytes == 0
-                || chunk_bytes as usize > PAYLOAD_BYTES_MAX
-            {
-                return Err(ReplicationError::Malformed(format!(
-                    "sums of {count} chunks of {chunk_bytes}"
-                )));
-            }
-            let len = (u64::from(chunk_bytes) * u64::from(count)).min(size.saturating_sub(offset));
-            check_range(offset, len, size)?;
-            (
-                seq,
-                Op::Sums {
-                    offset,
-                    len,
-                    chunk_bytes,
-                },
-                gate.admit(offset, len),
-            )
-        }
-        _ => {
-            return Err(ReplicationError::Unexpected(
-                "reply message sent to a copy host",
-            ))
-        }
-    };
-    let page_bytes = match &req {
-        Op::Disk(Request::Write { data, .. }) => data.len() as u32,
-        _ => 0,
-    };
-    let permit = limits
-        .ops
-        .clone()
-        .acquire_owned()
-        .await
-        .expect("ops semaphore is never closed");
-    let held = limits
-        .bytes
-        .clone()
-        .acquire_many_owned(page_bytes.min(shared.cfg.inflight_bytes_max.max(1)))
-        .await
-        .expect("bytes semaphore is never closed");
-    let shared = shared.clone();
-    let acks = acks.clone();
-    let mut ticket = ticket;
-    tokio::spawn(async move {
-        ticket.ready().await;
-        let reply = run(&shared, req).await;
-        drop(ticket);
-        let epoch = shared.cfg.epoch.load(Ordering::Acquire);
-        let m = match reply {
-            Ok(None) => Msg::Ack { epoch, seq },
-            Ok(Some(sums)) => Msg::Sums { epoch, seq, sums },
-            Err(e) => Msg::Nack {
-                epoch,
-                seq,
-                errno: e.errno(),
-            },
-        };
-        let _ = acks.send(m);
-        drop(held);
-        drop(permit);
-    });
-    Ok(())
-}
-
-enum Op {
-    Disk(Request),
-    Sums {
-        offset: u64,
-        len: u64,
-        chunk_bytes: u32,
-    },
-}
-
-async fn run(shared: &Shared, op: Op) -> Result<Option<Vec<u32>>, StorageError> {
-    match op {
-        Op::Disk(req) => {
-            let bytes = match &req {
-                Request::Write { data, .. } => Some(data.len() as u64),
-                _ => None,
-            };
-            storage::call(&*shared.disk, req).await?;
-            if let Some(b) = bytes {
-                shared.stats.writes_applied.fetch_add(1, Ordering::Relaxed);
-                shared.stats.bytes_written.fetch_add(b, Ordering::Relaxed);
-            }
-            Ok(None)
-        }
-        Op::Sums {
-            offset,
-            len,
-            chunk_bytes,
-        } => {
-            let mut sums = Vec::new();
-            let mut at = offset;
-            while at < offset + len {
-                let n = u64::from(chunk_bytes).min(offset + len - at) as u32;
-                let Reply::Read(buf) =
-                    storage::call(&*shared.disk, Request::Read { offset: at, len: n }).await?
-                else {
-                    return Err(StorageError::Stopped);
-                };
-                sums.push(crc32fast::hash(&buf));
-                at += u64::from(n);
-            }
-            Ok(Some(sums))
-        }
-    }
 }
