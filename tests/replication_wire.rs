@@ -75,6 +75,11 @@ fn arb_msg() -> impl Strategy<Value = Msg> {
                     count
                 }
             ),
+        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(epoch, seq, current)| Msg::InSync {
+            epoch,
+            seq,
+            current
+        }),
         (any::<u64>(), any::<u64>()).prop_map(|(epoch, seq)| Msg::Ack { epoch, seq }),
         (
             any::<u64>(),

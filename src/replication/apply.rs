@@ -104,6 +104,7 @@ pub(super) async fn dispatch(
             (seq, Op::Disk(req), gate.admit(offset, len))
         }
         Msg::Flush { seq, .. } => (seq, Op::Disk(Request::Flush), gate.barrier()),
+        Msg::InSync { seq, current, .. } => (seq, Op::InSync { current }, gate.barrier()),
         Msg::SumsRequest {
             seq,
             offset,
@@ -179,6 +180,9 @@ pub(super) async fn dispatch(
 
 enum Op {
     Disk(Request),
+    InSync {
+        current: u64,
+    },
     Sums {
         offset: u64,
         len: u64,
@@ -198,6 +202,19 @@ async fn run(shared: &Shared, op: Op) -> Result<Option<Vec<u32>>, StorageError> 
                 shared.stats.writes_applied.fetch_add(1, Ordering::Relaxed);
                 shared.stats.bytes_written.fetch_add(b, Ordering::Relaxed);
             }
+            Ok(None)
+        }
+        Op::InSync { current } => {
+            // Durable first: the generation must never claim data the
+            // disk could still lose.
+            storage::call(&*shared.disk, Request::Flush).await?;
+            shared.generations.send_modify(|g| {
+                if g.current != current {
+                    g.history = [g.current, g.history[0]];
+                    g.current = current;
+                }
+                g.bitmap = 0;
+            });
             Ok(None)
         }
         Op::Sums {

@@ -89,6 +89,9 @@ pub(crate) enum Op {
         punch: bool,
     },
     Flush,
+    InSync {
+        current: u64,
+    },
     Sums {
         offset: u64,
         chunk_bytes: u32,

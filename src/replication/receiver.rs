@@ -79,6 +79,9 @@ pub(super) struct Shared {
     pub disk: Arc<dyn BlockDevice>,
     pub cfg: ReceiverConfig,
     pub stats: Arc<ReceiverStats>,
+    /// The copy disk's generations, updated when a resync completes; the
+    /// node daemon watches this to write them to the disk label.
+    pub generations: watch::Sender<Generations>,
     /// Held by the serving session: a newer session waits until the old
     /// one has finished every disk write, so no stale write lands late.
     apply: tokio::sync::Mutex<()>,
@@ -106,6 +109,7 @@ impl Receiver {
         let (stop, stop_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             disk,
+            generations: watch::channel(cfg.generations).0,
             conns: Arc::new(Semaphore::new(cfg.connections_max.max(1))),
             cfg,
             stats: Arc::default(),
@@ -127,6 +131,16 @@ impl Receiver {
 
     pub fn stats(&self) -> &ReceiverStats {
         &self.shared.stats
+    }
+
+    /// The copy disk's generations now.
+    pub fn generations(&self) -> Generations {
+        *self.shared.generations.borrow()
+    }
+
+    /// Follow the copy disk's generations (to persist them in its label).
+    pub fn watch_generations(&self) -> watch::Receiver<Generations> {
+        self.shared.generations.subscribe()
     }
 
     /// The epoch this receiver knows (shared with the group engine).
@@ -249,7 +263,7 @@ async fn serve(
     let welcome = Msg::Welcome {
         epoch: known,
         mac: auth::mac(&cfg.secret, Role::Copy, &theirs, &ours, known),
-        generations: cfg.generations,
+        generations: *shared.generations.borrow(),
         size: shared.disk.size(),
     };
     write_frame(&mut writer, &mut scratch, &welcome, &[]).await?;

@@ -210,6 +210,13 @@ async fn resync_then_idle(
     sess: &Arc<SessionTx>,
 ) -> Result<(), ReplicationError> {
     resync::run(link, sess).await?;
+    // DRBD-style: at the end of a sync the copy takes production's
+    // current generation, so a later reconnect is a partial sync.
+    let current = link.primary.generations.current;
+    link.enqueue(sess, Op::InSync { current }, None, None)
+        .await
+        .await
+        .map_err(|_| ReplicationError::LinkDown)??;
     {
         let mut g = link.lock();
         if g.session.as_ref().is_some_and(|s| Arc::ptr_eq(s, sess)) {
@@ -264,6 +271,14 @@ fn to_msg(
             None,
         ),
         Op::Flush => (Msg::Flush { epoch, seq }, None),
+        Op::InSync { current } => (
+            Msg::InSync {
+                epoch,
+                seq,
+                current: *current,
+            },
+            None,
+        ),
         Op::Sums {
             offset,
             chunk_bytes,

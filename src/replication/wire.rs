@@ -81,6 +81,10 @@ pub enum Msg {
         chunk_bytes: u32,
         count: u32,
     },
+    /// The copy now holds all of production's data of generation
+    /// `current` (sent once a resync is complete): the copy makes earlier
+    /// writes durable, then adopts the generation.
+    InSync { epoch: u64, seq: u64, current: u64 },
     /// Copy → production: request `seq` is applied (durably when asked).
     Ack { epoch: u64, seq: u64 },
     /// Copy → production: the checksums asked for by `seq`.
@@ -104,6 +108,7 @@ impl Msg {
             | Msg::Zero { epoch, .. }
             | Msg::Flush { epoch, .. }
             | Msg::SumsRequest { epoch, .. }
+            | Msg::InSync { epoch, .. }
             | Msg::Ack { epoch, .. }
             | Msg::Sums { epoch, .. }
             | Msg::Nack { epoch, .. } => Some(*epoch),

@@ -156,3 +156,43 @@ async fn verify_reports_exactly_the_corrupted_chunks() {
     let report = verify(&link).await.expect("verify");
     assert_eq!(report.differing, bad.to_vec());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synced_copy_takes_the_generation_and_later_resyncs_partially() {
+    let dir = common::tempdir();
+    let (p, c) = (
+        make_disk(dir.path(), "prod", SIZE),
+        make_disk(dir.path(), "copy", SIZE),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let rx = receiver_on(listener, &c, Generations::default()).await;
+    let vol = volume(&p, Mode::Sync, gens(42));
+    let (link, _log) = add(&vol, copy_cfg("site-b", &addr.to_string()));
+    settled(&link).await;
+    assert_eq!(
+        link.stats().resynced_bytes,
+        SIZE,
+        "a fresh copy gets a full sync"
+    );
+    let label = rx.generations();
+    assert_eq!(
+        label.current, 42,
+        "the synced copy holds production's generation"
+    );
+
+    // The copy host restarts with the generations it persisted.
+    rx.shutdown().await;
+    wait_for("link down", || link.state() == LinkState::Disconnected).await;
+    write(&vol, 5 * CHUNK, &[1u8; 4096]).await;
+    write(&vol, 9 * CHUNK, &[2u8; 4096]).await;
+    let listener = TcpListener::bind(addr).await.expect("rebind the copy port");
+    let _rx = receiver_on(listener, &c, label).await;
+    settled(&link).await;
+    assert_eq!(
+        link.stats().resynced_bytes,
+        2 * CHUNK,
+        "reconnect after the sync was not partial"
+    );
+    assert!(same_files(&p, &c));
+}
