@@ -9,6 +9,7 @@ use std::sync::Mutex;
 pub struct ChunkSet {
     words: Vec<u64>,
     count: u64,
+    chunks: u64,
 }
 
 impl ChunkSet {
@@ -17,11 +18,16 @@ impl ChunkSet {
         ChunkSet {
             words: vec![0; chunks.div_ceil(64) as usize],
             count: 0,
+            chunks,
         }
     }
 
-    /// Add `c`; returns true when it was not there.
+    /// Add `c`; returns true when it was not there. Chunks past the end
+    /// are ignored.
     pub fn insert(&mut self, c: u64) -> bool {
+        if c >= self.chunks {
+            return false;
+        }
         let (w, b) = ((c / 64) as usize, c % 64);
         let Some(word) = self.words.get_mut(w) else {
             return false;
@@ -65,10 +71,17 @@ impl ChunkSet {
 
     /// The chunks in increasing order.
     pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        // Walk the set bits only: clean words cost one test each.
         self.words.iter().enumerate().flat_map(|(i, &w)| {
-            (0..64u64)
-                .filter(move |b| w & (1 << b) != 0)
-                .map(move |b| i as u64 * 64 + b)
+            let mut left = w;
+            std::iter::from_fn(move || {
+                if left == 0 {
+                    return None;
+                }
+                let b = u64::from(left.trailing_zeros());
+                left &= left - 1;
+                Some(i as u64 * 64 + b)
+            })
         })
     }
 }
@@ -81,7 +94,8 @@ pub trait DirtyLog: Send + Sync + 'static {
     /// Mark every chunk touching `[offset, offset+len)` dirty, durably
     /// before returning. Chunks already dirty must cost (almost) nothing.
     fn mark(&self, offset: u64, len: u64) -> io::Result<()>;
-    /// Clear the chunks fully inside... every chunk touching the range.
+    /// Clear every chunk touching `[offset, offset+len)`: the caller knows
+    /// the copy holds them.
     fn clear(&self, offset: u64, len: u64) -> io::Result<()>;
     /// The dirty chunks, by index.
     fn dirty_chunks(&self) -> ChunkSet;
@@ -159,6 +173,19 @@ impl DirtyLog for MemDirtyLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunk_set_iterates_exactly_its_members_in_order() {
+        let mut s = ChunkSet::new(300);
+        for c in [0, 63, 64, 130, 299] {
+            assert!(s.insert(c));
+        }
+        assert!(!s.insert(64));
+        assert!(!s.insert(300), "out of range is ignored");
+        assert!(s.remove(63));
+        assert_eq!(s.iter().collect::<Vec<_>>(), vec![0, 64, 130, 299]);
+        assert_eq!(s.len(), 4);
+    }
 
     #[test]
     fn marking_covers_every_touched_chunk() {
