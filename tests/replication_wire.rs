@@ -115,6 +115,20 @@ proptest! {
     }
 
     #[test]
+    fn head_then_page_decodes_like_the_whole_frame(data in proptest::collection::vec(any::<u8>(), 1..20_000), cut: usize) {
+        let msg = Msg::Write { epoch: 2, seq: 3, offset: 0, len: data.len() as u32, crc: crc32fast::hash(&data), fua: false };
+        let f = wire::encode(&msg, &data);
+        let head = wire::parse_head(&f[..f.len() - 1]).unwrap().expect("header is complete");
+        prop_assert_eq!(&head.msg, &msg);
+        prop_assert_eq!(head.payload_len, data.len());
+        wire::check_payload(&head.msg, &f[head.head_bytes..]).unwrap();
+        prop_assert!(wire::parse_head(&f[..cut % head.head_bytes]).unwrap().is_none());
+        let mut bad = data.clone();
+        bad[cut % data.len()] ^= 0x80;
+        prop_assert!(wire::check_payload(&head.msg, &bad).is_err());
+    }
+
+    #[test]
     fn random_bytes_never_panic_the_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
         if let Ok(Check::Complete(n)) = wire::check(&bytes) {
             let _ = wire::parse(&bytes[..n]);

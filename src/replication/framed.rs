@@ -10,6 +10,8 @@ use crate::storage::IoBuf;
 
 /// Buffer size the reader starts with; grows up to one frame.
 const READ_BUF_BYTES: usize = 256 * 1024;
+/// Pages at least this large skip the read buffer.
+const DIRECT_PAYLOAD_BYTES_MIN: usize = 64 * 1024;
 
 /// Reads whole frames from `R`.
 pub struct FrameReader<R> {
@@ -40,6 +42,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 self.start += n;
                 return Ok(Some((msg, page)));
             }
+            // A large page is received straight into its own aligned
+            // buffer (one copy less than going through `buf`).
+            if let Some(head) = wire::parse_head(avail)? {
+                if head.payload_len >= DIRECT_PAYLOAD_BYTES_MIN {
+                    return self.read_page(head).await.map(Some);
+                }
+            }
             if self.end == self.buf.len() {
                 if self.start > 0 {
                     self.buf.copy_within(self.start..self.end, 0);
@@ -62,6 +71,30 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             }
             self.end += n;
         }
+    }
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    async fn read_page(
+        &mut self,
+        head: wire::Head,
+    ) -> Result<(Msg, Option<IoBuf>), ReplicationError> {
+        let mut page = IoBuf::zeroed(head.payload_len);
+        let have = self.end - self.start - head.head_bytes;
+        let from = self.start + head.head_bytes;
+        // check() said Incomplete, so fewer than payload_len bytes are here.
+        page[..have].copy_from_slice(&self.buf[from..from + have]);
+        self.start = 0;
+        self.end = 0;
+        match self.r.read_exact(&mut page[have..]).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Err(ReplicationError::TruncatedFrame)
+            }
+            Err(e) => return Err(e.into()),
+        }
+        wire::check_payload(&head.msg, &page)?;
+        Ok((head.msg, Some(page)))
     }
 }
 

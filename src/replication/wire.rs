@@ -177,9 +177,36 @@ pub fn parse(buf: &[u8]) -> Result<(Msg, &[u8]), ReplicationError> {
         Check::Complete(n) => n,
         Check::Incomplete => return Err(ReplicationError::TruncatedFrame),
     };
+    let Some(head) = parse_head(buf)? else {
+        return Err(ReplicationError::TruncatedFrame);
+    };
+    let payload = &buf[head.head_bytes..total];
+    check_payload(&head.msg, payload)?;
+    Ok((head.msg, payload))
+}
+
+/// The decoded start of a frame whose payload may not be there yet.
+#[derive(Debug)]
+pub struct Head {
+    pub msg: Msg,
+    /// Bytes of prefix and header (where the payload starts).
+    pub head_bytes: usize,
+    pub payload_len: usize,
+}
+
+/// Decode prefix and header as soon as they are in `buf` (crc verified),
+/// so a reader can receive a large page straight into its own buffer.
+/// `None` while the header is incomplete.
+pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, ReplicationError> {
+    check(buf)?;
+    if buf.len() < PREFIX_BYTES {
+        return Ok(None);
+    }
     let header_len = u32_at(buf, 4) as usize;
-    let header = &buf[PREFIX_BYTES..PREFIX_BYTES + header_len];
-    let payload = &buf[PREFIX_BYTES + header_len..total];
+    let payload_len = u32_at(buf, 8) as usize;
+    let Some(header) = buf.get(PREFIX_BYTES..PREFIX_BYTES + header_len) else {
+        return Ok(None);
+    };
     if crc32fast::hash(header) != u32_at(buf, 12) {
         return Err(ReplicationError::Checksum { what: "header" });
     }
@@ -191,6 +218,31 @@ pub fn parse(buf: &[u8]) -> Result<(Msg, &[u8]), ReplicationError> {
         ));
     }
     match &msg {
+        Msg::Write { len, .. } if *len as usize != payload_len => {
+            return Err(ReplicationError::Malformed(format!(
+                "write of {len} bytes carries {payload_len} bytes"
+            )));
+        }
+        Msg::Write { .. } => {}
+        _ if payload_len != 0 => {
+            return Err(ReplicationError::Malformed(
+                "payload on a message without one".into(),
+            ));
+        }
+        _ => {}
+    }
+    Ok(Some(Head {
+        msg,
+        head_bytes: PREFIX_BYTES + header_len,
+        payload_len,
+    }))
+}
+
+/// Verify the page of a `Write` against the crc32 its header carries (it
+/// was computed on the production host before sending); a mismatch means
+/// the page is never written.
+pub fn check_payload(msg: &Msg, payload: &[u8]) -> Result<(), ReplicationError> {
+    match msg {
         Msg::Write { len, crc, .. } => {
             if *len as usize != payload.len() {
                 return Err(ReplicationError::Malformed(format!(
@@ -198,20 +250,16 @@ pub fn parse(buf: &[u8]) -> Result<(Msg, &[u8]), ReplicationError> {
                     payload.len()
                 )));
             }
-            // The page crc was computed on the production host before
-            // sending; a mismatch means the page is never written.
             if crc32fast::hash(payload) != *crc {
                 return Err(ReplicationError::Checksum { what: "page" });
             }
+            Ok(())
         }
-        _ if !payload.is_empty() => {
-            return Err(ReplicationError::Malformed(
-                "payload on a message without one".into(),
-            ));
-        }
-        _ => {}
+        _ if !payload.is_empty() => Err(ReplicationError::Malformed(
+            "payload on a message without one".into(),
+        )),
+        _ => Ok(()),
     }
-    Ok((msg, payload))
 }
 
 /// Append the prefix and header of a frame for `msg` to `out`; the caller
