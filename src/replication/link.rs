@@ -202,6 +202,13 @@ impl CopyLink {
         self.stop.send_replace(true);
     }
 
+    /// Mark `[offset, offset+len)` dirty in this link's log (durably).
+    pub(crate) fn mark(&self, offset: u64, len: u64) -> Result<(), ReplicationError> {
+        self.log
+            .mark(offset, len)
+            .map_err(ReplicationError::DirtyLog)
+    }
+
     /// Before a request touching `[offset, offset+len)` is sent or skipped:
     /// mark the range dirty (durably; activity-log style, so a crash of the
     /// production host loses no mark) and count it in flight. Returns the

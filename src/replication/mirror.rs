@@ -158,6 +158,15 @@ async fn replicate(
     storage::check_range(offset, len, size)?;
     let mut ticket = ticket.unwrap_or_else(|| primary.gate.admit(offset, len));
     ticket.ready().await;
+    // Mark the range in every copy's log before anything is sent, so a log
+    // that cannot record it fails the write before any copy has it.
+    if !matches!(&req, Request::Write { data, .. } if data.is_empty()) {
+        for link in links {
+            if let Err(e) = link.mark(offset, len) {
+                return Err(refused(offset, e));
+            }
+        }
+    }
     let mut acks: Vec<oneshot::Receiver<ItemReply>> = Vec::new();
     let mut failed = None;
     match &req {
@@ -204,14 +213,9 @@ async fn replicate(
         _ => {}
     }
     if let Some(e) = failed {
-        // The range could not be marked dirty: refuse rather than risk a
-        // copy silently missing this write.
+        // Only a log failing between two marks of the same range gets here.
         drop(ticket);
-        tracing::error!("write refused: {e}");
-        return Err(StorageError::Io {
-            offset,
-            source: std::io::Error::other(e.to_string()),
-        });
+        return Err(refused(offset, e));
     }
     let local = storage::call(&*primary.local, req).await;
     drop(ticket);
@@ -223,6 +227,16 @@ async fn replicate(
         }
     }
     local
+}
+
+/// A write refused because a dirty log could not record it: refusing is
+/// safer than a copy silently missing the write.
+fn refused(offset: u64, e: ReplicationError) -> StorageError {
+    tracing::error!("write refused: {e}");
+    StorageError::Io {
+        offset,
+        source: std::io::Error::other(e.to_string()),
+    }
 }
 
 /// Mark, then queue on the link's session if it has one.
