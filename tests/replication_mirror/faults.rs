@@ -96,3 +96,35 @@ async fn split_brain_is_refused_and_nothing_written() {
     assert_eq!(rx.stats().bytes_written.load(Ordering::Relaxed), 0);
     assert!(std::fs::read(&c).expect("read").iter().all(|&b| b == 3));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_fences_a_production_host_of_an_older_epoch() {
+    let dir = common::tempdir();
+    let (p, c) = (
+        make_disk(dir.path(), "prod", SIZE),
+        make_disk(dir.path(), "copy", SIZE),
+    );
+    let rx = receiver(&c, gens(1)).await;
+    // The group moved on: the copy host knows a newer epoch.
+    rx.epoch().store(EPOCH + 2, Ordering::SeqCst);
+    let vol = volume(&p, Mode::Sync, gens(1));
+    let (link, log) = add(&vol, copy_cfg("site-b", &rx.local_addr().to_string()));
+    wait_for("fencing", || {
+        rx.stats().refused.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    write(&vol, 0, &[1u8; 4096]).await;
+    assert_ne!(link.state(), LinkState::UpToDate);
+    assert!(rx
+        .stats()
+        .last_error()
+        .unwrap_or_default()
+        .contains("stale epoch"));
+    assert_eq!(rx.stats().bytes_written.load(Ordering::Relaxed), 0);
+    assert!(log.dirty_count() > 0, "the fenced write is kept dirty");
+
+    // Once this host is confirmed in the newer epoch, mirroring resumes.
+    vol.set_epoch(EPOCH + 2);
+    settled(&link).await;
+    assert!(same_files(&p, &c));
+}

@@ -83,11 +83,15 @@ async fn link_dropped_during_its_own_resync_still_converges() {
     cfg.window_bytes_max = 256 * 1024;
     let (link, _log) = add(&vol, cfg);
     wait_for("resync under way", || link.stats().resynced_bytes > 0).await;
+    let mid = link.stats();
     assert_eq!(
-        link.state(),
+        mid.state,
         LinkState::Inconsistent,
         "a syncing copy is Inconsistent"
     );
+    assert!(mid.resync_bytes_to_go > 0 && mid.resync_bytes_to_go < SIZE);
+    assert!(mid.resync_rate_bytes_per_s > 0.0);
+    assert!(mid.resync_eta_s.is_some_and(|s| s > 0.0));
     r.cut.send_modify(|g| *g += 1);
     burst(&vol, 6, 4, 10).await;
     settled(&link).await;
