@@ -128,3 +128,28 @@ async fn copy_fences_a_production_host_of_an_older_epoch() {
     settled(&link).await;
     assert!(same_files(&p, &c));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_link_times_out_and_a_new_session_takes_over() {
+    let dir = common::tempdir();
+    let (p, c) = (
+        make_disk(dir.path(), "prod", SIZE),
+        make_disk(dir.path(), "copy", SIZE),
+    );
+    let rx = receiver(&c, gens(1)).await;
+    let r = relay(rx.local_addr(), None).await;
+    let vol = volume(&p, Mode::Sync, gens(1));
+    let mut cfg = copy_cfg("site-b", &r.addr);
+    cfg.ack_timeout_ms = 500;
+    let (link, _log) = add(&vol, cfg);
+    settled(&link).await;
+    // The network goes silent without closing: a sync write must still
+    // complete once the ack deadline drops the link.
+    r.stall.send_modify(|g| *g += 1);
+    write(&vol, 3 * CHUNK, &[4u8; 8192]).await;
+    write(&vol, 7 * CHUNK, &[5u8; 8192]).await;
+    settled(&link).await;
+    assert!(link.stats().sessions >= 2, "the link did not reconnect");
+    assert!(rx.stats().sessions.load(Ordering::Relaxed) >= 2);
+    assert!(same_files(&p, &c), "copy differs after the takeover");
+}

@@ -157,6 +157,8 @@ pub async fn burst(vol: &Arc<MirroredVolume>, seed: u64, tasks: usize, per_task:
 pub struct Relay {
     pub addr: String,
     pub cut: watch::Sender<u64>,
+    /// Freezes the connections open now: nothing flows, nothing closes.
+    pub stall: watch::Sender<u64>,
     pub conns: Arc<AtomicU64>,
 }
 
@@ -164,6 +166,7 @@ pub async fn relay(target: std::net::SocketAddr, flip_at: Option<u64>) -> Relay 
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
     let addr = l.local_addr().expect("addr").to_string();
     let (cut, cut_rx) = watch::channel(0u64);
+    let (stall, stall_rx) = watch::channel(0u64);
     let conns = Arc::new(AtomicU64::new(0));
     let n = conns.clone();
     tokio::spawn(async move {
@@ -174,6 +177,8 @@ pub async fn relay(target: std::net::SocketAddr, flip_at: Option<u64>) -> Relay 
             let first = n.fetch_add(1, Ordering::SeqCst) == 0;
             let mut cut = cut_rx.clone();
             cut.borrow_and_update();
+            let mut stall = stall_rx.clone();
+            stall.borrow_and_update();
             tokio::spawn(async move {
                 let (mut dr, mut dw) = down.into_split();
                 let (mut ur, mut uw) = up.into_split();
@@ -199,9 +204,19 @@ pub async fn relay(target: std::net::SocketAddr, flip_at: Option<u64>) -> Relay 
                     _ = forward => {}
                     _ = back => {}
                     _ = cut.changed() => {}
+                    _ = stall.changed() => {
+                        // Keep both sockets open and silent until the test ends.
+                        let _hold = (&dr, &dw, &ur, &uw);
+                        std::future::pending::<()>().await;
+                    }
                 }
             });
         }
     });
-    Relay { addr, cut, conns }
+    Relay {
+        addr,
+        cut,
+        stall,
+        conns,
+    }
 }
