@@ -13,10 +13,10 @@ use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore}
 
 use super::dirty::{chunk_span, ChunkSet, DirtyLog};
 use super::error::ReplicationError;
+pub(crate) use super::op::Op;
 use super::primary::Primary;
 
 pub use super::stats::CopyStats;
-use crate::storage::IoBuf;
 
 /// Where a copy link stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,33 +70,6 @@ impl CopyConfig {
             reconnect_backoff_ms_max: 2_000,
         }
     }
-}
-
-/// What a queued request asks of the copy.
-pub(crate) enum Op {
-    Write {
-        offset: u64,
-        data: Arc<IoBuf>,
-        start: usize,
-        len: usize,
-        crc: u32,
-        fua: bool,
-    },
-    Zero {
-        offset: u64,
-        len: u64,
-        trim: bool,
-        punch: bool,
-    },
-    Flush,
-    InSync {
-        current: u64,
-    },
-    Sums {
-        offset: u64,
-        chunk_bytes: u32,
-        count: u32,
-    },
 }
 
 /// The answer a request gets: `Some(sums)` for a `Sums` request.

@@ -39,6 +39,7 @@ mod framed;
 pub mod generation;
 mod link;
 mod mirror;
+mod op;
 pub mod order;
 mod primary;
 pub mod receiver;

@@ -227,75 +227,6 @@ async fn resync_then_idle(
     std::future::pending().await
 }
 
-fn to_msg(
-    epoch: u64,
-    seq: u64,
-    op: &Op,
-) -> (
-    Msg,
-    Option<(std::sync::Arc<crate::storage::IoBuf>, usize, usize)>,
-) {
-    match op {
-        Op::Write {
-            offset,
-            data,
-            start,
-            len,
-            crc,
-            fua,
-        } => (
-            Msg::Write {
-                epoch,
-                seq,
-                offset: *offset,
-                len: *len as u32,
-                crc: *crc,
-                fua: *fua,
-            },
-            Some((data.clone(), *start, *len)),
-        ),
-        Op::Zero {
-            offset,
-            len,
-            trim,
-            punch,
-        } => (
-            Msg::Zero {
-                epoch,
-                seq,
-                offset: *offset,
-                len: *len,
-                trim: *trim,
-                punch: *punch,
-            },
-            None,
-        ),
-        Op::Flush => (Msg::Flush { epoch, seq }, None),
-        Op::InSync { current } => (
-            Msg::InSync {
-                epoch,
-                seq,
-                current: *current,
-            },
-            None,
-        ),
-        Op::Sums {
-            offset,
-            chunk_bytes,
-            count,
-        } => (
-            Msg::SumsRequest {
-                epoch,
-                seq,
-                offset: *offset,
-                chunk_bytes: *chunk_bytes,
-                count: *count,
-            },
-            None,
-        ),
-    }
-}
-
 async fn write_loop(
     link: &CopyLink,
     mut w: BufWriter<OwnedWriteHalf>,
@@ -311,7 +242,7 @@ async fn write_loop(
         loop {
             seq += 1;
             let epoch = link.primary.epoch.load(Ordering::Acquire);
-            let (msg, page) = to_msg(epoch, seq, &item.op);
+            let (msg, page) = item.op.to_msg(epoch, seq);
             // Recorded before it is written, so its ack cannot come first
             // and a failure mid-write still answers it.
             sent.lock().expect("sent lock poisoned").insert(seq, item);
