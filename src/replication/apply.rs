@@ -1,0 +1,240 @@
+//! Copy-host request handling: validation (epoch, range, bounds), ordering
+//! through the overlap gate, the disk call, and the acknowledgement.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::{mpsc, Semaphore};
+
+use super::error::ReplicationError;
+use super::framed::write_frame;
+use super::order::OverlapGate;
+use super::receiver::Shared;
+use super::wire::{Msg, PAYLOAD_BYTES_MAX, SUMS_COUNT_MAX};
+use crate::storage::{self, IoBuf, Reply, Request, StorageError};
+
+pub(super) async fn ack_writer(
+    mut w: BufWriter<OwnedWriteHalf>,
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+) {
+    let mut scratch = Vec::new();
+    while let Some(m) = rx.recv().await {
+        if write_frame(&mut w, &mut scratch, &m, &[]).await.is_err() {
+            return;
+        }
+        while let Ok(m) = rx.try_recv() {
+            if write_frame(&mut w, &mut scratch, &m, &[]).await.is_err() {
+                return;
+            }
+        }
+        if w.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn check_range(offset: u64, len: u64, size: u64) -> Result<(), ReplicationError> {
+    match offset.checked_add(len) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(ReplicationError::OutOfRange { offset, len, size }),
+    }
+}
+
+/// What bounds one session's requests in flight.
+#[derive(Clone, Copy)]
+pub(super) struct Limits<'a> {
+    pub ops: &'a Arc<Semaphore>,
+    pub bytes: &'a Arc<Semaphore>,
+}
+
+/// Validate one request, admit it in arrival order and run it.
+pub(super) async fn dispatch(
+    shared: &Arc<Shared>,
+    gate: &OverlapGate,
+    limits: Limits<'_>,
+    acks: &mpsc::UnboundedSender<Msg>,
+    msg: Msg,
+    page: Option<IoBuf>,
+) -> Result<(), ReplicationError> {
+    let epoch = msg
+        .epoch()
+        .ok_or(ReplicationError::Unexpected("challenge after handshake"))?;
+    // Fencing: a host speaking for an older epoch lost its role.
+    let known = shared
+        .cfg
+        .epoch
+        .fetch_max(epoch, Ordering::AcqRel)
+        .max(epoch);
+    if epoch < known {
+        return Err(ReplicationError::StaleEpoch { got: epoch, known });
+    }
+    let size = shared.disk.size();
+    let (seq, req, ticket) = match msg {
+        Msg::Write {
+            seq,
+            offset,
+            len,
+            fua,
+            ..
+        } => {
+            check_range(offset, len.into(), size)?;
+            let data = page.unwrap_or_else(|| IoBuf::zeroed(0));
+            (
+                seq,
+                Op::Disk(Request::Write { offset, data, fua }),
+                gate.admit(offset, len.into()),
+            )
+        }
+        Msg::Zero {
+            seq,
+            offset,
+            len,
+            trim,
+            punch,
+            ..
+        } => {
+            check_range(offset, len, size)?;
+            let req = if trim {
+                Request::Trim { offset, len }
+            } else {
+                Request::WriteZeroes { offset, len, punch }
+            };
+            (seq, Op::Disk(req), gate.admit(offset, len))
+        }
+        Msg::Flush { seq, .. } => (seq, Op::Disk(Request::Flush), gate.barrier()),
+        Msg::InSync { seq, current, .. } => (seq, Op::InSync { current }, gate.barrier()),
+        Msg::SumsRequest {
+            seq,
+            offset,
+            chunk_bytes,
+            count,
+            ..
+        } => {
+            if count > SUMS_COUNT_MAX
+                || chunk_bytes == 0
+                || chunk_bytes as usize > PAYLOAD_BYTES_MAX
+            {
+                return Err(ReplicationError::Malformed(format!(
+                    "sums of {count} chunks of {chunk_bytes}"
+                )));
+            }
+            let len = (u64::from(chunk_bytes) * u64::from(count)).min(size.saturating_sub(offset));
+            check_range(offset, len, size)?;
+            (
+                seq,
+                Op::Sums {
+                    offset,
+                    len,
+                    chunk_bytes,
+                },
+                gate.admit(offset, len),
+            )
+        }
+        _ => {
+            return Err(ReplicationError::Unexpected(
+                "reply message sent to a copy host",
+            ))
+        }
+    };
+    let page_bytes = match &req {
+        Op::Disk(Request::Write { data, .. }) => data.len() as u32,
+        _ => 0,
+    };
+    let permit = limits
+        .ops
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("ops semaphore is never closed");
+    let held = limits
+        .bytes
+        .clone()
+        .acquire_many_owned(page_bytes.min(shared.cfg.inflight_bytes_max.max(1)))
+        .await
+        .expect("bytes semaphore is never closed");
+    let shared = shared.clone();
+    let acks = acks.clone();
+    let mut ticket = ticket;
+    tokio::spawn(async move {
+        ticket.ready().await;
+        let reply = run(&shared, req).await;
+        drop(ticket);
+        let epoch = shared.cfg.epoch.load(Ordering::Acquire);
+        let m = match reply {
+            Ok(None) => Msg::Ack { epoch, seq },
+            Ok(Some(sums)) => Msg::Sums { epoch, seq, sums },
+            Err(e) => Msg::Nack {
+                epoch,
+                seq,
+                errno: e.errno(),
+            },
+        };
+        let _ = acks.send(m);
+        drop(held);
+        drop(permit);
+    });
+    Ok(())
+}
+
+enum Op {
+    Disk(Request),
+    InSync {
+        current: u64,
+    },
+    Sums {
+        offset: u64,
+        len: u64,
+        chunk_bytes: u32,
+    },
+}
+
+async fn run(shared: &Shared, op: Op) -> Result<Option<Vec<u32>>, StorageError> {
+    match op {
+        Op::Disk(req) => {
+            let bytes = match &req {
+                Request::Write { data, .. } => Some(data.len() as u64),
+                _ => None,
+            };
+            storage::call(&*shared.disk, req).await?;
+            if let Some(b) = bytes {
+                shared.stats.writes_applied.fetch_add(1, Ordering::Relaxed);
+                shared.stats.bytes_written.fetch_add(b, Ordering::Relaxed);
+            }
+            Ok(None)
+        }
+        Op::InSync { current } => {
+            // Durable first: the generation must never claim data the
+            // disk could still lose.
+            storage::call(&*shared.disk, Request::Flush).await?;
+            shared.generations.send_modify(|g| {
+                if g.current != current {
+                    g.history = [g.current, g.history[0]];
+                    g.current = current;
+                }
+                g.bitmap = 0;
+            });
+            Ok(None)
+        }
+        Op::Sums {
+            offset,
+            len,
+            chunk_bytes,
+        } => {
+            let mut sums = Vec::new();
+            let mut at = offset;
+            while at < offset + len {
+                let n = u64::from(chunk_bytes).min(offset + len - at) as u32;
+                let Reply::Read(buf) =
+                    storage::call(&*shared.disk, Request::Read { offset: at, len: n }).await?
+                else {
+                    return Err(StorageError::Stopped);
+                };
+                sums.push(crc32fast::hash(&buf));
+                at += u64::from(n);
+            }
+            Ok(Some(sums))
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! One copy link on the production host: its dirty log, its window of
+//! unacknowledged bytes, its state and counters, and the bookkeeping that
+//! decides when a dirty chunk may be cleared. The connection itself lives
+//! in `session.rs`.
+
+use std::collections::HashMap;
+use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
+
+use super::dirty::{chunk_span, ChunkSet, DirtyLog};
+use super::error::ReplicationError;
+pub(crate) use super::op::Op;
+use super::primary::Primary;
+
+pub use super::stats::CopyStats;
+
+/// Where a copy link stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    /// Not connected: writes are marked dirty and not sent.
+    Disconnected,
+    /// Connected and resyncing: the copy is not usable yet.
+    Inconsistent,
+    /// Connected and holding everything production acknowledged to it.
+    UpToDate,
+    /// Both sides wrote while apart; the link stopped (never merged).
+    SplitBrain,
+    /// The copy was refused (newer or unrelated data, too small, fenced).
+    Refused,
+    /// The link was stopped.
+    Stopped,
+}
+
+/// How to reach and treat one copy host.
+#[derive(Debug, Clone)]
+pub struct CopyConfig {
+    /// A name for logs and stats (e.g. the site).
+    pub name: String,
+    /// `host:port` of the copy host's receiver.
+    pub addr: String,
+    /// The recovery domain's secret.
+    pub secret: Vec<u8>,
+    /// Resync by exchanging per-chunk crc32 and sending only what differs.
+    pub checksum_resync: bool,
+    /// Unacknowledged bytes allowed on the link (async mode's lag bound).
+    pub window_bytes_max: u32,
+    pub connect_timeout_ms: u64,
+    /// Time an unacknowledged request may wait before the link is dropped.
+    pub ack_timeout_ms: u64,
+    pub reconnect_backoff_ms_min: u64,
+    pub reconnect_backoff_ms_max: u64,
+}
+
+impl CopyConfig {
+    /// Defaults: 64 MiB window, 10 s ack timeout, backoff 50 ms .. 2 s.
+    pub fn new(name: &str, addr: &str, secret: &[u8]) -> CopyConfig {
+        CopyConfig {
+            name: name.to_string(),
+            addr: addr.to_string(),
+            secret: secret.to_vec(),
+            checksum_resync: false,
+            window_bytes_max: 64 << 20,
+            connect_timeout_ms: 2_000,
+            ack_timeout_ms: 10_000,
+            reconnect_backoff_ms_min: 50,
+            reconnect_backoff_ms_max: 2_000,
+        }
+    }
+}
+
+/// The answer a request gets: `Some(sums)` for a `Sums` request.
+pub(crate) type ItemReply = Result<Option<Vec<u32>>, ReplicationError>;
+
+/// One request on its way to the copy.
+pub(crate) struct Item {
+    pub op: Op,
+    /// Chunks counted in flight for this request.
+    pub chunks: Option<RangeInclusive<u64>>,
+    /// The resync chunk this request carries.
+    pub resync_chunk: Option<u64>,
+    pub reply: Option<oneshot::Sender<ItemReply>>,
+    pub page_bytes: u64,
+    pub enqueued: Instant,
+    pub _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// The sending end of one connection.
+pub(crate) struct SessionTx {
+    pub tx: mpsc::UnboundedSender<Item>,
+}
+
+pub(crate) struct Inner {
+    pub state: LinkState,
+    pub session: Option<Arc<SessionTx>>,
+    /// Requests in flight per chunk: a chunk is cleared only at zero.
+    pub inflight: HashMap<u64, u32>,
+    /// Chunks the running resync still owes the copy.
+    pub pending_resync: ChunkSet,
+    pub resync_bytes_total: u64,
+    pub resync_started: Option<Instant>,
+    pub last_error: Option<String>,
+    /// Enqueue time of the oldest request sent and not acknowledged.
+    pub oldest_unacked: Option<Instant>,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub bytes_sent: AtomicU64,
+    pub bytes_acked: AtomicU64,
+    pub resynced_bytes: AtomicU64,
+    pub resync_skipped: AtomicU64,
+    pub sessions: AtomicU64,
+}
+
+/// A copy link: created by `MirroredVolume::add_copy`, driven by its own task.
+pub struct CopyLink {
+    pub(crate) cfg: CopyConfig,
+    pub(crate) primary: Arc<Primary>,
+    pub(crate) log: Arc<dyn DirtyLog>,
+    pub(crate) inner: Mutex<Inner>,
+    pub(crate) window: Arc<Semaphore>,
+    pub(crate) counters: Counters,
+    /// Signalled when the resync's pending set empties or the session ends.
+    pub(crate) progress: Notify,
+    pub(crate) stop: watch::Sender<bool>,
+}
+
+impl CopyLink {
+    pub(crate) fn new(cfg: CopyConfig, primary: Arc<Primary>, log: Arc<dyn DirtyLog>) -> CopyLink {
+        let chunks = primary.local.size().div_ceil(log.chunk_bytes());
+        CopyLink {
+            window: Arc::new(Semaphore::new(cfg.window_bytes_max.max(1) as usize)),
+            cfg,
+            primary,
+            log,
+            inner: Mutex::new(Inner {
+                state: LinkState::Disconnected,
+                session: None,
+                inflight: HashMap::new(),
+                pending_resync: ChunkSet::new(chunks),
+                resync_bytes_total: 0,
+                resync_started: None,
+                last_error: None,
+                oldest_unacked: None,
+            }),
+            counters: Counters::default(),
+            progress: Notify::new(),
+            stop: watch::channel(false).0,
+        }
+    }
+
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("link lock poisoned")
+    }
+
+    pub fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    pub fn state(&self) -> LinkState {
+        self.lock().state
+    }
+
+    /// Chunk size of this link's dirty log.
+    pub fn chunk_bytes(&self) -> u64 {
+        self.log.chunk_bytes()
+    }
+
+    /// Stop the link: the connection closes and no reconnect follows.
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Mark `[offset, offset+len)` dirty in this link's log (durably).
+    pub(crate) fn mark(&self, offset: u64, len: u64) -> Result<(), ReplicationError> {
+        self.log
+            .mark(offset, len)
+            .map_err(ReplicationError::DirtyLog)
+    }
+
+    /// Before a request touching `[offset, offset+len)` is sent or skipped:
+    /// mark the range dirty (durably; activity-log style, so a crash of the
+    /// production host loses no mark) and count it in flight. Returns the
+    /// session to send it on, if the link is up.
+    pub(crate) fn prepare(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<Arc<SessionTx>>, ReplicationError> {
+        let mut g = self.lock();
+        // Under the lock, so a concurrent acknowledgement cannot clear the
+        // chunk between our mark and our in-flight count.
+        self.log
+            .mark(offset, len)
+            .map_err(ReplicationError::DirtyLog)?;
+        let Some(s) = g.session.clone() else {
+            return Ok(None);
+        };
+        for c in chunk_span(offset, len, self.log.chunk_bytes()) {
+            *g.inflight.entry(c).or_insert(0) += 1;
+        }
+        Ok(Some(s))
+    }
+
+    /// Queue a request on `session`, waiting for room in the window
+    /// (back-pressure); the receiver gets its answer (LinkDown when the
+    /// connection dies first).
+    pub(crate) async fn enqueue(
+        &self,
+        session: &SessionTx,
+        op: Op,
+        chunks: Option<RangeInclusive<u64>>,
+        resync_chunk: Option<u64>,
+    ) -> oneshot::Receiver<ItemReply> {
+        let page_bytes = match &op {
+            Op::Write { len, .. } => *len as u64,
+            _ => 0,
+        };
+        // Headers count too, so a stream of flushes is bounded as well.
+        let cost = (page_bytes + 64).min(self.cfg.window_bytes_max.max(1) as u64) as u32;
+        let permit = self
+            .window
+            .clone()
+            .acquire_many_owned(cost)
+            .await
+            .expect("the window semaphore is never closed");
+        let (tx, rx) = oneshot::channel();
+        let item = Item {
+            op,
+            chunks,
+            resync_chunk,
+            reply: Some(tx),
+            page_bytes,
+            enqueued: Instant::now(),
+            _permit: Some(permit),
+        };
+        if let Err(mpsc::error::SendError(item)) = session.tx.send(item) {
+            self.complete(item, Err(ReplicationError::LinkDown));
+        }
+        rx
+    }
+
+    /// Answer a request. On an acknowledgement, chunks with nothing else in
+    /// flight and no resync owed are clean on the copy: clear them.
+    pub(crate) fn complete(&self, mut item: Item, result: ItemReply) {
+        let acked = result.is_ok();
+        let cb = self.log.chunk_bytes();
+        {
+            let mut g = self.lock();
+            if acked {
+                if let Some(c) = item.resync_chunk {
+                    g.pending_resync.remove(c);
+                }
+            }
+            let may_clear =
+                acked && matches!(g.state, LinkState::Inconsistent | LinkState::UpToDate);
+            if let Some(chunks) = item.chunks.clone() {
+                for c in chunks {
+                    let left = match g.inflight.get_mut(&c) {
+                        Some(n) => {
+                            *n -= 1;
+                            *n
+                        }
+                        None => 0,
+                    };
+                    if left == 0 {
+                        g.inflight.remove(&c);
+                        if may_clear && !g.pending_resync.contains(c) {
+                            if let Err(e) = self.log.clear(c * cb, cb) {
+                                // Staying dirty is safe: it costs a resend.
+                                g.last_error = Some(format!("dirty log clear: {e}"));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if acked {
+            self.counters
+                .bytes_acked
+                .fetch_add(item.page_bytes, Ordering::Relaxed);
+            if item.resync_chunk.is_some() {
+                self.counters
+                    .resynced_bytes
+                    .fetch_add(item.page_bytes, Ordering::Relaxed);
+            }
+        }
+        if let Some(r) = item.reply.take() {
+            let _ = r.send(result);
+        }
+        self.progress.notify_waiters();
+    }
+
+    /// A checksum resync found chunk `c` equal on both sides.
+    pub(crate) fn resync_chunk_equal(&self, c: u64) {
+        let cb = self.log.chunk_bytes();
+        let mut g = self.lock();
+        g.pending_resync.remove(c);
+        self.counters.resync_skipped.fetch_add(1, Ordering::Relaxed);
+        if !g.inflight.contains_key(&c) {
+            if let Err(e) = self.log.clear(c * cb, cb) {
+                g.last_error = Some(format!("dirty log clear: {e}"));
+            }
+        }
+        drop(g);
+        self.progress.notify_waiters();
+    }
+
+    /// Count a resync chunk in flight on `session`, unless it is gone.
+    pub(crate) fn prepare_resync(
+        &self,
+        c: u64,
+        session: &Arc<SessionTx>,
+    ) -> Result<(), ReplicationError> {
+        let mut g = self.lock();
+        match &g.session {
+            Some(s) if Arc::ptr_eq(s, session) => {
+                *g.inflight.entry(c).or_insert(0) += 1;
+                Ok(())
+            }
+            _ => Err(ReplicationError::LinkDown),
+        }
+    }
+
+    pub(crate) fn set_error(&self, e: &ReplicationError) {
+        self.lock().last_error = Some(e.to_string());
+    }
+}

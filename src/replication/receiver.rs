@@ -1,0 +1,301 @@
+//! The copy-host side: accepts the production host's connection,
+//! authenticates it, fences it by epoch, and applies its requests to the
+//! copy disk (overlapping writes in arrival order, others in parallel).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinHandle;
+
+use super::apply::{ack_writer, dispatch, Limits};
+use super::auth::{self, Role};
+use super::error::ReplicationError;
+use super::framed::{write_frame, FrameReader};
+use super::generation::Generations;
+use super::order::OverlapGate;
+use super::wire::Msg;
+use crate::storage::BlockDevice;
+
+/// How the copy host serves its disk.
+#[derive(Clone)]
+pub struct ReceiverConfig {
+    /// The recovery domain's secret.
+    pub secret: Vec<u8>,
+    /// The group epoch this member knows; raised by the group engine and by
+    /// any authenticated peer speaking for a newer one.
+    pub epoch: Arc<AtomicU64>,
+    /// Generations of the copy disk (from its label).
+    pub generations: Generations,
+    /// Time allowed for the handshake.
+    pub handshake_timeout_ms: u64,
+    /// Requests applied concurrently per session (back-pressure beyond).
+    pub inflight_ops_max: usize,
+    /// Page bytes held in memory by the requests of one session.
+    pub inflight_bytes_max: u32,
+    /// Connections open at once (handshaking or serving).
+    pub connections_max: usize,
+}
+
+impl ReceiverConfig {
+    pub fn new(secret: &[u8], epoch: u64, generations: Generations) -> ReceiverConfig {
+        ReceiverConfig {
+            secret: secret.to_vec(),
+            epoch: Arc::new(AtomicU64::new(epoch)),
+            generations,
+            handshake_timeout_ms: 5_000,
+            inflight_ops_max: 1024,
+            inflight_bytes_max: 128 << 20,
+            connections_max: 4,
+        }
+    }
+}
+
+/// Counters of a receiver.
+#[derive(Default, Debug)]
+pub struct ReceiverStats {
+    /// Authenticated sessions so far.
+    pub sessions: AtomicU64,
+    /// Connections refused or dropped for a protocol error.
+    pub refused: AtomicU64,
+    /// Write frames applied to the copy disk.
+    pub writes_applied: AtomicU64,
+    /// Page bytes written to the copy disk.
+    pub bytes_written: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl ReceiverStats {
+    /// The last reason a connection was refused or dropped.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().expect("stats lock poisoned").clone()
+    }
+}
+
+pub(super) struct Shared {
+    pub disk: Arc<dyn BlockDevice>,
+    pub cfg: ReceiverConfig,
+    pub stats: Arc<ReceiverStats>,
+    /// The copy disk's generations, updated when a resync completes; the
+    /// node daemon watches this to write them to the disk label.
+    pub generations: watch::Sender<Generations>,
+    /// Held by the serving session: a newer session waits until the old
+    /// one has finished every disk write, so no stale write lands late.
+    apply: tokio::sync::Mutex<()>,
+    /// Tells the serving session to stop.
+    current: Mutex<Option<watch::Sender<bool>>>,
+    conns: Arc<Semaphore>,
+}
+
+/// A running receiver; dropping it (or [`Receiver::shutdown`]) stops it.
+pub struct Receiver {
+    addr: std::net::SocketAddr,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Receiver {
+    /// Serve `disk` to production hosts connecting to `listener`.
+    pub fn start(
+        listener: TcpListener,
+        disk: Arc<dyn BlockDevice>,
+        cfg: ReceiverConfig,
+    ) -> std::io::Result<Receiver> {
+        let addr = listener.local_addr()?;
+        let (stop, stop_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            disk,
+            generations: watch::channel(cfg.generations).0,
+            conns: Arc::new(Semaphore::new(cfg.connections_max.max(1))),
+            cfg,
+            stats: Arc::default(),
+            apply: tokio::sync::Mutex::new(()),
+            current: Mutex::new(None),
+        });
+        let task = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
+        Ok(Receiver {
+            addr,
+            shared,
+            stop,
+            task: Some(task),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    pub fn stats(&self) -> &ReceiverStats {
+        &self.shared.stats
+    }
+
+    /// The copy disk's generations now.
+    pub fn generations(&self) -> Generations {
+        *self.shared.generations.borrow()
+    }
+
+    /// Follow the copy disk's generations (to persist them in its label).
+    pub fn watch_generations(&self) -> watch::Receiver<Generations> {
+        self.shared.generations.subscribe()
+    }
+
+    /// The epoch this receiver knows (shared with the group engine).
+    pub fn epoch(&self) -> &Arc<AtomicU64> {
+        &self.shared.cfg.epoch
+    }
+
+    /// Stop accepting, drop the sessions and wait until every disk write
+    /// already started has finished.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+        let _guard = self.shared.apply.lock().await;
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut sessions = tokio::task::JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            p = shared.conns.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = stop.changed() => break,
+        };
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let shared = shared.clone();
+        let stop = stop.clone();
+        sessions.spawn(async move {
+            if let Err(e) = serve(stream, &shared, stop).await {
+                tracing::warn!("replication session ended: {e}");
+                shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+                *shared.stats.last_error.lock().expect("stats lock poisoned") = Some(e.to_string());
+            }
+            drop(permit);
+        });
+        while sessions.try_join_next().is_some() {}
+    }
+    // Stopping: sessions see `stop` and finish their in-flight writes.
+    while sessions.join_next().await.is_some() {}
+}
+
+async fn serve(
+    stream: TcpStream,
+    shared: &Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), ReplicationError> {
+    stream.set_nodelay(true)?;
+    let (r, w) = stream.into_split();
+    let mut reader = FrameReader::new(r);
+    let mut writer = BufWriter::with_capacity(64 * 1024, w);
+    let mut scratch = Vec::new();
+    let cfg = &shared.cfg;
+
+    // Authenticate before anything else crosses the wire.
+    let ours = auth::nonce();
+    let hs = async {
+        write_frame(
+            &mut writer,
+            &mut scratch,
+            &Msg::Challenge { nonce: ours },
+            &[],
+        )
+        .await?;
+        writer.flush().await?;
+        let Some((msg, _)) = reader.next().await? else {
+            return Err(ReplicationError::Unexpected(
+                "end of stream during handshake",
+            ));
+        };
+        let Msg::Auth { epoch, nonce, mac } = msg else {
+            return Err(ReplicationError::Unexpected("expected Auth"));
+        };
+        if nonce == ours {
+            return Err(ReplicationError::ReflectedChallenge);
+        }
+        auth::verify(&cfg.secret, Role::Production, &ours, &nonce, epoch, &mac)?;
+        let known = cfg.epoch.fetch_max(epoch, Ordering::AcqRel).max(epoch);
+        if epoch < known {
+            return Err(ReplicationError::StaleEpoch { got: epoch, known });
+        }
+        Ok((nonce, known))
+    };
+    let (theirs, known) = tokio::time::timeout(Duration::from_millis(cfg.handshake_timeout_ms), hs)
+        .await
+        .map_err(|_| ReplicationError::Timeout("handshake"))??;
+
+    // Take over from an older session once it has drained its writes.
+    let (my_stop, mut my_stop_rx) = watch::channel(false);
+    if let Some(old) = shared
+        .current
+        .lock()
+        .expect("lock poisoned")
+        .replace(my_stop)
+    {
+        let _ = old.send(true);
+    }
+    let _apply = shared.apply.lock().await;
+    shared.stats.sessions.fetch_add(1, Ordering::Relaxed);
+
+    let welcome = Msg::Welcome {
+        epoch: known,
+        mac: auth::mac(&cfg.secret, Role::Copy, &theirs, &ours, known),
+        generations: *shared.generations.borrow(),
+        size: shared.disk.size(),
+    };
+    write_frame(&mut writer, &mut scratch, &welcome, &[]).await?;
+    writer.flush().await?;
+
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+    let writer_task = tokio::spawn(ack_writer(writer, ack_rx));
+    let ops = Arc::new(Semaphore::new(cfg.inflight_ops_max.max(1)));
+    let bytes = Arc::new(Semaphore::new(cfg.inflight_bytes_max.max(1) as usize));
+    let gate = OverlapGate::new();
+    let result = loop {
+        let next = tokio::select! {
+            n = reader.next() => n,
+            _ = stop.changed() => break Ok(()),
+            _ = my_stop_rx.changed() => break Ok(()),
+        };
+        let (msg, page) = match next {
+            Ok(Some(f)) => f,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        };
+        let limits = Limits {
+            ops: &ops,
+            bytes: &bytes,
+        };
+        if let Err(e) = dispatch(shared, &gate, limits, &ack_tx, msg, page).await {
+            break Err(e);
+        }
+    };
+    // Let every write already admitted finish before giving up the disk.
+    let _all = ops.acquire_many(cfg.inflight_ops_max.max(1) as u32).await;
+    drop(ack_tx);
+    let _ = writer_task.await;
+    result
+}

@@ -1,0 +1,334 @@
+//! The connection of one copy link: connect, authenticate, decide the
+//! sync from the generations, then pipeline requests (acks matched by
+//! sequence number) while the resync runs; reconnect with bounded backoff.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+
+use super::auth::{self, Role};
+use super::error::ReplicationError;
+use super::framed::{write_frame, FrameReader};
+use super::generation::{decide, Generations, SyncPlan};
+use super::link::{CopyLink, Item, LinkState, Op, SessionTx};
+use super::resync;
+use super::wire::Msg;
+
+/// Socket write buffer: many small frames go out in one syscall.
+const WRITE_BUF_BYTES: usize = 512 * 1024;
+/// How often the ack deadline is checked.
+const WATCHDOG_MS: u64 = 200;
+
+type Sent = Mutex<BTreeMap<u64, Item>>;
+
+/// Drive `link` until it is stopped or refused.
+pub(crate) async fn run_link(link: Arc<CopyLink>) {
+    let mut stop = link.stop.subscribe();
+    let mut backoff_ms = link.cfg.reconnect_backoff_ms_min;
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let started = Instant::now();
+        if let Err(e) = session(&link, &mut stop).await {
+            tracing::warn!(copy = %link.cfg.name, "replication link: {e}");
+            link.set_error(&e);
+            let terminal = match e {
+                ReplicationError::SplitBrain { .. } => Some(LinkState::SplitBrain),
+                ReplicationError::GenerationRefused(_)
+                | ReplicationError::CopyTooSmall { .. }
+                | ReplicationError::Fenced { .. } => Some(LinkState::Refused),
+                _ => None,
+            };
+            if let Some(state) = terminal {
+                link.lock().state = state;
+                return;
+            }
+        }
+        if *stop.borrow() {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(1) {
+            backoff_ms = link.cfg.reconnect_backoff_ms_min;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(backoff_ms)) => {}
+            _ = stop.changed() => break,
+        }
+        backoff_ms = (backoff_ms * 2).min(link.cfg.reconnect_backoff_ms_max);
+    }
+    link.lock().state = LinkState::Stopped;
+}
+
+type Conn = (
+    FrameReader<OwnedReadHalf>,
+    BufWriter<OwnedWriteHalf>,
+    Generations,
+    u64,
+);
+
+async fn handshake(link: &CopyLink) -> Result<Conn, ReplicationError> {
+    let addr = link.cfg.addr.as_str();
+    let stream = tokio::time::timeout(
+        Duration::from_millis(link.cfg.connect_timeout_ms),
+        TcpStream::connect(addr),
+    )
+    .await
+    .map_err(|_| ReplicationError::Timeout("connect"))??;
+    stream.set_nodelay(true)?;
+    let (r, w) = stream.into_split();
+    let mut reader = FrameReader::new(r);
+    let mut writer = BufWriter::with_capacity(WRITE_BUF_BYTES, w);
+    let epoch = link.primary.epoch.load(Ordering::Acquire);
+    let secret = &link.cfg.secret;
+    let hs = async {
+        let Some((Msg::Challenge { nonce: theirs }, _)) = reader.next().await? else {
+            return Err(ReplicationError::Unexpected("expected Challenge"));
+        };
+        let mut ours = auth::nonce();
+        while ours == theirs {
+            ours = auth::nonce();
+        }
+        let msg = Msg::Auth {
+            epoch,
+            nonce: ours,
+            mac: auth::mac(secret, Role::Production, &theirs, &ours, epoch),
+        };
+        let mut scratch = Vec::new();
+        write_frame(&mut writer, &mut scratch, &msg, &[]).await?;
+        writer.flush().await?;
+        let Some((msg, _)) = reader.next().await? else {
+            return Err(ReplicationError::Unexpected(
+                "end of stream during handshake",
+            ));
+        };
+        let Msg::Welcome {
+            epoch: known,
+            mac,
+            generations,
+            size,
+        } = msg
+        else {
+            return Err(ReplicationError::Unexpected("expected Welcome"));
+        };
+        auth::verify(secret, Role::Copy, &ours, &theirs, known, &mac)?;
+        if known > epoch {
+            return Err(ReplicationError::Fenced { ours: epoch, known });
+        }
+        Ok((generations, size))
+    };
+    let (generations, size) =
+        tokio::time::timeout(Duration::from_millis(link.cfg.connect_timeout_ms * 2), hs)
+            .await
+            .map_err(|_| ReplicationError::Timeout("handshake"))??;
+    Ok((reader, writer, generations, size))
+}
+
+async fn session(
+    link: &Arc<CopyLink>,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), ReplicationError> {
+    let (reader, writer, generations, size) = handshake(link).await?;
+    let local_size = link.primary.local.size();
+    if size < local_size {
+        return Err(ReplicationError::CopyTooSmall {
+            copy: size,
+            production: local_size,
+        });
+    }
+    let log_empty = link.log.dirty_chunks().is_empty();
+    match decide(&link.primary.generations, &generations, log_empty) {
+        SyncPlan::SplitBrain => {
+            return Err(ReplicationError::SplitBrain {
+                production: link.primary.generations.to_string(),
+                copy: generations.to_string(),
+            })
+        }
+        SyncPlan::Refuse(why) => return Err(ReplicationError::GenerationRefused(why)),
+        SyncPlan::Full => link.log.set_all().map_err(ReplicationError::DirtyLog)?,
+        SyncPlan::Partial | SyncPlan::Nothing => {}
+    }
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let sess = Arc::new(SessionTx { tx });
+    let sent: Sent = Mutex::new(BTreeMap::new());
+    {
+        // Publishing the session and snapshotting the dirty chunks under
+        // one lock: a write marked before this is in the snapshot, a write
+        // prepared after it is sent on this session.
+        let mut g = link.lock();
+        g.session = Some(sess.clone());
+        g.pending_resync = link.log.dirty_chunks();
+        g.resync_bytes_total = g.pending_resync.len() * link.log.chunk_bytes();
+        g.resync_started = (!g.pending_resync.is_empty()).then(Instant::now);
+        g.state = if g.pending_resync.is_empty() {
+            LinkState::UpToDate
+        } else {
+            link.counters.resynced_bytes.store(0, Ordering::Relaxed);
+            LinkState::Inconsistent
+        };
+        link.counters.sessions.fetch_add(1, Ordering::Relaxed);
+    }
+    tracing::info!(copy = %link.cfg.name, "replication link up");
+
+    let result = tokio::select! {
+        r = write_loop(link, writer, &mut rx, &sent) => r,
+        r = read_loop(link, reader, &sent) => r,
+        r = resync_then_idle(link, &sess) => r,
+        r = watchdog(link, &sent) => r,
+        _ = stop.changed() => Ok(()),
+    };
+
+    // Tear down: every request queued or sent gets its answer (LinkDown);
+    // its chunks stay dirty for the next resync.
+    {
+        let mut g = link.lock();
+        g.session = None;
+        g.state = LinkState::Disconnected;
+        g.oldest_unacked = None;
+    }
+    rx.close();
+    while let Ok(item) = rx.try_recv() {
+        link.complete(item, Err(ReplicationError::LinkDown));
+    }
+    let unacked = std::mem::take(&mut *sent.lock().expect("sent lock poisoned"));
+    for (_, item) in unacked {
+        link.complete(item, Err(ReplicationError::LinkDown));
+    }
+    link.progress.notify_waiters();
+    result
+}
+
+async fn resync_then_idle(
+    link: &Arc<CopyLink>,
+    sess: &Arc<SessionTx>,
+) -> Result<(), ReplicationError> {
+    resync::run(link, sess).await?;
+    // DRBD-style: at the end of a sync the copy takes production's
+    // current generation, so a later reconnect is a partial sync.
+    let current = link.primary.generations.current;
+    link.enqueue(sess, Op::InSync { current }, None, None)
+        .await
+        .await
+        .map_err(|_| ReplicationError::LinkDown)??;
+    {
+        let mut g = link.lock();
+        if g.session.as_ref().is_some_and(|s| Arc::ptr_eq(s, sess)) {
+            g.state = LinkState::UpToDate;
+        }
+    }
+    tracing::info!(copy = %link.cfg.name, "copy up to date");
+    std::future::pending().await
+}
+
+async fn write_loop(
+    link: &CopyLink,
+    mut w: BufWriter<OwnedWriteHalf>,
+    rx: &mut mpsc::UnboundedReceiver<Item>,
+    sent: &Sent,
+) -> Result<(), ReplicationError> {
+    let mut scratch = Vec::with_capacity(256);
+    let mut seq = 0u64;
+    loop {
+        let Some(mut item) = rx.recv().await else {
+            return Err(ReplicationError::LinkDown);
+        };
+        loop {
+            seq += 1;
+            let epoch = link.primary.epoch.load(Ordering::Acquire);
+            let (msg, page) = item.op.to_msg(epoch, seq);
+            // Recorded before it is written, so its ack cannot come first
+            // and a failure mid-write still answers it.
+            sent.lock().expect("sent lock poisoned").insert(seq, item);
+            let page_bytes = page.as_ref().map_or(&[][..], |(d, s, l)| &d[*s..*s + *l]);
+            write_frame(&mut w, &mut scratch, &msg, page_bytes).await?;
+            link.counters
+                .bytes_sent
+                .fetch_add(page_bytes.len() as u64, Ordering::Relaxed);
+            // Batch whatever is already queued into the same flush.
+            match rx.try_recv() {
+                Ok(next) => item = next,
+                Err(_) => break,
+            }
+        }
+        w.flush().await?;
+    }
+}
+
+async fn read_loop(
+    link: &CopyLink,
+    mut r: FrameReader<OwnedReadHalf>,
+    sent: &Sent,
+) -> Result<(), ReplicationError> {
+    loop {
+        let Some((msg, _)) = r.next().await? else {
+            return Err(ReplicationError::Io(
+                std::io::ErrorKind::UnexpectedEof.into(),
+            ));
+        };
+        let ours = link.primary.epoch.load(Ordering::Acquire);
+        let (seq, result) = match msg {
+            Msg::Ack { epoch, seq } => (epoch_ok(ours, epoch).map(|_| seq)?, Ok(None)),
+            Msg::Sums { epoch, seq, sums } => (epoch_ok(ours, epoch).map(|_| seq)?, Ok(Some(sums))),
+            Msg::Nack { epoch, seq, errno } => (
+                epoch_ok(ours, epoch).map(|_| seq)?,
+                Err(ReplicationError::Remote(errno)),
+            ),
+            _ => {
+                return Err(ReplicationError::Unexpected(
+                    "request message sent to a production host",
+                ))
+            }
+        };
+        let item = sent
+            .lock()
+            .expect("sent lock poisoned")
+            .remove(&seq)
+            .ok_or(ReplicationError::Unexpected(
+                "ack for an unknown sequence number",
+            ))?;
+        let failed = result.as_ref().err().map(|e| match e {
+            ReplicationError::Remote(n) => *n,
+            _ => libc::EIO,
+        });
+        link.complete(item, result);
+        if let Some(errno) = failed {
+            // The copy could not apply it: drop the link, resync later.
+            return Err(ReplicationError::Remote(errno));
+        }
+    }
+}
+
+fn epoch_ok(ours: u64, theirs: u64) -> Result<(), ReplicationError> {
+    if theirs > ours {
+        Err(ReplicationError::Fenced {
+            ours,
+            known: theirs,
+        })
+    } else {
+        Ok(())
+    }
+}
+
+async fn watchdog(link: &CopyLink, sent: &Sent) -> Result<(), ReplicationError> {
+    let limit = Duration::from_millis(link.cfg.ack_timeout_ms);
+    loop {
+        tokio::time::sleep(Duration::from_millis(WATCHDOG_MS)).await;
+        let oldest = sent
+            .lock()
+            .expect("sent lock poisoned")
+            .values()
+            .next()
+            .map(|i| i.enqueued);
+        link.lock().oldest_unacked = oldest;
+        if oldest.is_some_and(|t| t.elapsed() > limit) {
+            return Err(ReplicationError::Timeout("acknowledgement"));
+        }
+    }
+}

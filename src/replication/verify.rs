@@ -1,0 +1,44 @@
+//! Online verification of a copy: only per-chunk crc32 cross the wire, and
+//! the report names exactly the chunks that differ.
+
+use std::sync::Arc;
+
+use super::error::ReplicationError;
+use super::link::CopyLink;
+use super::resync::{compare, run_chunks};
+
+/// What a verification found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub chunk_bytes: u64,
+    pub chunks_compared: u64,
+    /// Indices of the chunks whose checksums differ, ascending.
+    pub differing: Vec<u64>,
+}
+
+/// Compare every chunk of production with the copy behind `link`. Each
+/// batch is compared at one point of the write order; under concurrent
+/// writes a chunk may differ transiently, so verify a quiesced volume for
+/// an exact answer.
+pub async fn verify(link: &Arc<CopyLink>) -> Result<VerifyReport, ReplicationError> {
+    let sess = link
+        .lock()
+        .session
+        .clone()
+        .ok_or(ReplicationError::LinkDown)?;
+    let cb = link.chunk_bytes();
+    let total = link.primary.local.size().div_ceil(cb);
+    let step = run_chunks(cb);
+    let mut differing = Vec::new();
+    let mut first = 0;
+    while first < total {
+        let n = step.min(total - first);
+        differing.extend(compare(link, &sess, first, n).await?);
+        first += n;
+    }
+    Ok(VerifyReport {
+        chunk_bytes: cb,
+        chunks_compared: total,
+        differing,
+    })
+}

@@ -1,0 +1,11 @@
+//! The mirrored volume end to end on loopback TCP: production and copy
+//! disks are real files behind the plain engine, receivers are real
+//! listeners, and faults come from a relay task between the two.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod bursts;
+mod faults;
+mod harness;
+mod outage;
