@@ -173,10 +173,11 @@ struct Raw {
 
 impl Raw {
     async fn connect(rx: &Receiver) -> Raw {
-        Raw {
-            s: TcpStream::connect(rx.local_addr()).await.expect("connect"),
-            buf: Vec::new(),
-        }
+        let mut s = TcpStream::connect(rx.local_addr()).await.expect("connect");
+        s.write_all(&geomirror::replication::receiver::REPLICATION_MAGIC)
+            .await
+            .expect("send the protocol magic");
+        Raw { s, buf: Vec::new() }
     }
 
     async fn send(&mut self, msg: &Msg, page: &[u8]) {

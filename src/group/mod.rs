@@ -62,6 +62,7 @@ pub mod engine;
 pub mod error;
 pub mod ids;
 pub mod join;
+mod replicated;
 pub mod state;
 
 pub use command::{CopyState, GroupCommand, ResourceConfig, SyncReport};

@@ -1,5 +1,320 @@
-//! The member daemon: runs the group engine and turns its actions into
-//! running hosts, receivers, senders and NBD exports.
+//! The member daemon (`geomirror up`): runs the group engine and turns the
+//! join protocol's actions into running hosts, receivers, senders and NBD
+//! exports.
+//!
+//! The loop: the engine applies ordered commands to the replicated
+//! [`GroupState`]; after every change, [`join::step`] says what this member
+//! must do differently; [`roles::Roles`] does it; proposals go back to the
+//! engine. Page writes never pass through here.
 
 pub mod control;
+mod dirty;
+mod mux;
+mod probe;
+pub mod report;
+mod roles;
 pub mod status;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::config::RecoveryDomain;
+use crate::group::engine::{Engine, EngineConfig};
+use crate::group::join::{self, Action, Event};
+use crate::group::state::GroupState;
+use crate::group::{Desired, DomainSpec, GroupCommand, MemberId};
+use crate::storage::EngineKind;
+
+pub use probe::ProbeError;
+use report::LocalView;
+use roles::Roles;
+
+/// How `geomirror up` runs a member.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    pub config: PathBuf,
+    pub member: String,
+    pub state_dir: PathBuf,
+    pub engine: EngineKind,
+    /// A member silent for longer is declared failed by the leader.
+    pub fail_timeout_ms: u64,
+}
+
+/// Time allowed for a proposal (elections included).
+const PROPOSE_TIMEOUT_S: u64 = 15;
+
+/// Run member `opts.member` until `shutdown` completes, then leave the group.
+pub async fn run(opts: NodeOptions, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    let domain = Arc::new(RecoveryDomain::load(&opts.config).with_context(|| format!("recovery domain {}", opts.config.display()))?);
+    let me = domain.member_id(&opts.member).ok_or_else(|| {
+        let names: Vec<&str> = domain.members.iter().map(|m| m.name.as_str()).collect();
+        anyhow!(
+            "member {:?} is not in the recovery domain {} (its members: {})",
+            opts.member,
+            opts.config.display(),
+            names.join(", ")
+        )
+    })?;
+    let member = domain.member(me).ok_or_else(|| anyhow!("member lookup"))?.clone();
+    // Block 74: which resources can this member access? A foreign or
+    // corrupt disk refuses the start before anything is joined.
+    let disks = probe::accessible(&domain, me)?;
+    tracing::info!(member = %member.name, resources = ?disks.keys().map(|r| r.as_str()).collect::<Vec<_>>(), "block 74: subgroups found from disk labels");
+
+    let listen: SocketAddr = member
+        .address
+        .parse()
+        .with_context(|| format!("member {} address {:?}", member.name, member.address))?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listen on {listen} (member {})", member.name))?;
+    let (routes, mux_task) = mux::start(listener);
+
+    let mut peers = BTreeMap::new();
+    for (i, m) in domain.members.iter().enumerate() {
+        if i as u32 != me.0 {
+            let a: SocketAddr = m.address.parse().with_context(|| format!("member {} address", m.name))?;
+            peers.insert(MemberId(i as u32).node_id(), a);
+        }
+    }
+    let mut cfg = EngineConfig::new(
+        me.node_id(),
+        listen,
+        opts.state_dir.join("engine"),
+        domain.secret.as_bytes().to_vec(),
+    );
+    cfg.peers = peers.clone();
+    let engine = Engine::<GroupState>::start_with_incoming(cfg, routes.engine)
+        .await
+        .context("start the group engine")?;
+    let bootstrapped = enter_group(&engine, &peers).await?;
+    let mut state_rx = engine.state();
+    if !bootstrapped {
+        // Block 72: a later member receives the group state from the others.
+        let _ = tokio::time::timeout(Duration::from_secs(10), state_rx.wait_for(|s| s.is_configured())).await;
+    }
+
+    let mut roles = Roles::new(me, domain.clone(), disks.clone(), opts.engine);
+    let repl_task = roles.route_replication(routes.replication);
+    let local = Arc::new(Mutex::new(LocalView::default()));
+    let control_task = tokio::spawn(control_loop(routes.control, domain.clone(), me, state_rx.clone(), local.clone()));
+
+    let started = Event::Started {
+        accessible: disks.keys().cloned().collect(),
+        domain: DomainSpec::from(&*domain),
+    };
+    let state = state_rx.borrow_and_update().clone();
+    for action in join::step(&state, me, started) {
+        if let Action::Propose(cmd) = action {
+            propose(&engine, cmd, true).await?;
+        }
+    }
+
+    let mut running = Desired::default();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut last_report = Instant::now();
+    let mut reported: BTreeMap<String, crate::group::SyncReport> = BTreeMap::new();
+    tokio::pin!(shutdown);
+    let mut state_changed = true;
+    loop {
+        if state_changed {
+            state_changed = false;
+            let state = state_rx.borrow_and_update().clone();
+            let actions = join::step(&state, me, Event::Committed { running: running.clone() });
+            let mut lost = Vec::new();
+            for action in actions {
+                let what = format!("{action:?}");
+                match roles.execute(action.clone()).await {
+                    Ok(Some(cmd)) => {
+                        if let Err(e) = propose(&engine, cmd, false).await {
+                            tracing::warn!("{what}: {e:#}");
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::error!("{what}: {e:#}");
+                        if let Action::OpenDisk { resource, .. } = action {
+                            lost.push(resource);
+                        }
+                    }
+                }
+            }
+            running = Desired::of(&state, me);
+            for resource in lost {
+                running.hosted.remove(&resource);
+                for a in join::step(&state, me, Event::DiskLost { resource }) {
+                    if let Action::Propose(cmd) = a {
+                        let _ = propose(&engine, cmd, false).await;
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            r = state_rx.changed() => {
+                if r.is_err() { bail!("group engine stopped"); }
+                state_changed = true;
+            }
+            _ = tick.tick() => {
+                let m = engine.metrics();
+                {
+                    let mut l = local.lock().unwrap_or_else(|p| p.into_inner());
+                    l.leader = m.leader.and_then(MemberId::from_node_id);
+                    l.quorum = m.has_quorum;
+                    l.voters = m.voters.len();
+                    l.copies = roles.copy_stats();
+                }
+                // The leader's failure detector (a dead member is marked failed).
+                let state = state_rx.borrow().clone();
+                for id in engine.unreachable_peers(Duration::from_millis(opts.fail_timeout_ms)) {
+                    if let Some(member) = MemberId::from_node_id(id) {
+                        for a in join::step(&state, me, Event::MemberLost { member }) {
+                            if let Action::Propose(cmd) = a {
+                                tracing::warn!(member = ?domain.member(member).map(|m| &m.name), "no contact: declaring the member failed");
+                                let _ = propose(&engine, cmd, false).await;
+                            }
+                        }
+                    }
+                }
+                // The production host replicates its copies' sync state.
+                if roles.serving() || !roles.copy_stats().is_empty() {
+                    report_sync(&engine, &state, me, &domain, &roles, &mut reported, &mut last_report).await;
+                }
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+
+    tracing::info!("leaving the group");
+    let state = state_rx.borrow().clone();
+    for a in join::step(&state, me, Event::Stopping) {
+        if let Action::Propose(cmd) = a {
+            if let Err(e) = propose(&engine, cmd, false).await {
+                tracing::warn!("leave: {e:#}");
+            }
+        }
+    }
+    roles.stop_all().await;
+    if tokio::time::timeout(Duration::from_secs(10), engine.leave()).await.is_err() {
+        tracing::warn!("leaving the engine membership timed out");
+    }
+    let _ = engine.shutdown().await;
+    control_task.abort();
+    repl_task.abort();
+    mux_task.abort();
+    Ok(())
+}
+
+/// Join the engine's membership through a reachable member, or found the
+/// group when none answers (block 72: the first member uses its own copy of
+/// the group state). Returns whether this member founded it.
+async fn enter_group(engine: &Engine<GroupState>, peers: &BTreeMap<u64, SocketAddr>) -> anyhow::Result<bool> {
+    if engine.is_member() {
+        return Ok(false);
+    }
+    let mut reachable = Vec::new();
+    for addr in peers.values() {
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(addr)).await {
+            reachable.push(*addr);
+        }
+    }
+    if reachable.is_empty() {
+        tracing::info!("no other member reachable: founding the group");
+        engine.bootstrap().await.context("found the group")?;
+        return Ok(true);
+    }
+    let mut last = None;
+    for attempt in 0..5 {
+        match engine.join_via(&reachable).await {
+            Ok(()) => return Ok(false),
+            Err(e) => {
+                tracing::warn!(attempt, "join through {reachable:?}: {e}");
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    Err(anyhow!("could not join the group through {reachable:?}: {}", last.map(|e| e.to_string()).unwrap_or_default()))
+}
+
+/// Propose `cmd`; a refusal by the group is an error when `fatal`.
+async fn propose(engine: &Engine<GroupState>, cmd: GroupCommand, fatal: bool) -> anyhow::Result<()> {
+    let what = format!("{cmd:?}");
+    let out = tokio::time::timeout(Duration::from_secs(PROPOSE_TIMEOUT_S), engine.propose(cmd))
+        .await
+        .map_err(|_| anyhow!("proposal timed out: {what}"))?
+        .with_context(|| format!("propose {what}"))?;
+    match out {
+        Ok(_) => Ok(()),
+        Err(reason) if fatal => Err(anyhow!("the group refused this member: {reason}")),
+        Err(reason) => {
+            tracing::debug!("refused: {what}: {reason}");
+            Ok(())
+        }
+    }
+}
+
+/// Replicate the copies' sync state when it changed (at most every 2 s for
+/// progress counters alone).
+async fn report_sync(
+    engine: &Engine<GroupState>,
+    state: &GroupState,
+    me: MemberId,
+    domain: &RecoveryDomain,
+    roles: &Roles,
+    reported: &mut BTreeMap<String, crate::group::SyncReport>,
+    last: &mut Instant,
+) {
+    let periodic = last.elapsed() >= Duration::from_secs(2);
+    for c in roles.copy_stats() {
+        let Some(pair) = state.mirrors.iter().find(|p| p.from == me && domain.member(p.to).is_some_and(|m| m.name == c.name)) else {
+            continue;
+        };
+        let rep = report::sync_report(&c);
+        let prev = reported.get(&c.name).copied().unwrap_or(pair.sync);
+        if rep == prev || (rep.state == prev.state && !periodic) {
+            continue;
+        }
+        let cmd = GroupCommand::SyncProgress {
+            member: me,
+            resource: pair.resource.clone(),
+            epoch: pair.epoch,
+            report: rep,
+        };
+        if propose(engine, cmd, false).await.is_ok() {
+            reported.insert(c.name.clone(), rep);
+            *last = Instant::now();
+        }
+    }
+}
+
+/// Answer status requests on the control channel.
+async fn control_loop(
+    mut incoming: tokio::sync::mpsc::Receiver<TcpStream>,
+    domain: Arc<RecoveryDomain>,
+    me: MemberId,
+    state: watch::Receiver<Arc<GroupState>>,
+    local: Arc<Mutex<LocalView>>,
+) {
+    while let Some(mut s) = incoming.recv().await {
+        let domain = domain.clone();
+        let state = state.clone();
+        let local = local.clone();
+        tokio::spawn(async move {
+            let req = tokio::time::timeout(Duration::from_secs(5), control::read_frame::<_, control::Request>(&mut s)).await;
+            let Ok(Ok(control::Request::Status)) = req else {
+                return;
+            };
+            let view = local.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let st = state.borrow().clone();
+            let report = report::build(&domain, me, &st, &view);
+            let _ = control::write_frame(&mut s, &report).await;
+        });
+    }
+}

@@ -90,9 +90,48 @@ pub(super) struct Shared {
     conns: Arc<Semaphore>,
 }
 
+/// First bytes of a replication connection: one member address carries the
+/// group engine, replication and control, told apart by these.
+pub const REPLICATION_MAGIC: [u8; 4] = *b"GMRP";
+
+/// Where a receiver's connections come from.
+enum Source {
+    /// Its own listener: each connection starts with [`REPLICATION_MAGIC`].
+    Listener(TcpListener),
+    /// Connections accepted elsewhere, magic already read.
+    Streams(mpsc::Receiver<TcpStream>),
+}
+
+impl Source {
+    async fn next(&mut self) -> Option<TcpStream> {
+        match self {
+            Source::Listener(l) => loop {
+                match l.accept().await {
+                    Ok((mut s, _)) => {
+                        let mut magic = [0u8; 4];
+                        let read = tokio::time::timeout(
+                            Duration::from_millis(5_000),
+                            tokio::io::AsyncReadExt::read_exact(&mut s, &mut magic),
+                        )
+                        .await;
+                        if matches!(read, Ok(Ok(_))) && magic == REPLICATION_MAGIC {
+                            return Some(s);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            },
+            Source::Streams(rx) => rx.recv().await,
+        }
+    }
+}
+
 /// A running receiver; dropping it (or [`Receiver::shutdown`]) stops it.
 pub struct Receiver {
-    addr: std::net::SocketAddr,
+    addr: Option<std::net::SocketAddr>,
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
@@ -106,6 +145,25 @@ impl Receiver {
         cfg: ReceiverConfig,
     ) -> std::io::Result<Receiver> {
         let addr = listener.local_addr()?;
+        Ok(Receiver::start_source(Source::Listener(listener), Some(addr), disk, cfg))
+    }
+
+    /// Serve `disk` to connections accepted by someone else (the member's
+    /// one listener), their magic already read.
+    pub fn start_streams(
+        streams: mpsc::Receiver<TcpStream>,
+        disk: Arc<dyn BlockDevice>,
+        cfg: ReceiverConfig,
+    ) -> Receiver {
+        Receiver::start_source(Source::Streams(streams), None, disk, cfg)
+    }
+
+    fn start_source(
+        source: Source,
+        addr: Option<std::net::SocketAddr>,
+        disk: Arc<dyn BlockDevice>,
+        cfg: ReceiverConfig,
+    ) -> Receiver {
         let (stop, stop_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             disk,
@@ -116,17 +174,19 @@ impl Receiver {
             apply: tokio::sync::Mutex::new(()),
             current: Mutex::new(None),
         });
-        let task = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
-        Ok(Receiver {
+        let task = tokio::spawn(accept_loop(source, shared.clone(), stop_rx));
+        Receiver {
             addr,
             shared,
             stop,
             task: Some(task),
-        })
+        }
     }
 
+    /// The listening address (receivers started on their own listener).
     pub fn local_addr(&self) -> std::net::SocketAddr {
         self.addr
+            .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
     pub fn stats(&self) -> &ReceiverStats {
@@ -165,7 +225,7 @@ impl Drop for Receiver {
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+async fn accept_loop(mut source: Source, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut sessions = tokio::task::JoinSet::new();
     loop {
         let permit = tokio::select! {
@@ -176,13 +236,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
             _ = stop.changed() => break,
         };
         let stream = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
+            r = source.next() => match r {
+                Some(s) => s,
+                None => break,
             },
             _ = stop.changed() => break,
         };

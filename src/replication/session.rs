@@ -75,13 +75,16 @@ type Conn = (
 
 async fn handshake(link: &CopyLink) -> Result<Conn, ReplicationError> {
     let addr = link.cfg.addr.as_str();
-    let stream = tokio::time::timeout(
+    let mut stream = tokio::time::timeout(
         Duration::from_millis(link.cfg.connect_timeout_ms),
         TcpStream::connect(addr),
     )
     .await
     .map_err(|_| ReplicationError::Timeout("connect"))??;
     stream.set_nodelay(true)?;
+    // The copy host's address also carries its group engine: say which
+    // protocol this connection speaks.
+    tokio::io::AsyncWriteExt::write_all(&mut stream, &super::receiver::REPLICATION_MAGIC).await?;
     let (r, w) = stream.into_split();
     let mut reader = FrameReader::new(r);
     let mut writer = BufWriter::with_capacity(WRITE_BUF_BYTES, w);

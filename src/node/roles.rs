@@ -1,0 +1,433 @@
+//! What this member runs, and the code that starts and stops it on the join
+//! protocol's actions: hosted disks, the production volume with its copy
+//! links and NBD export, and the receiver of a copy host.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::{Mode as DomainMode, NbdAddress, RecoveryDomain};
+use crate::group::join::Action;
+use crate::group::{GroupCommand, MemberId, ResourceConfig, ResourceId};
+use crate::nbd::{Export, ListenAddr, Server, ServerConfig};
+use crate::replication::{
+    CopyConfig, CopyStats, Generations as ReplGenerations, Mode, MirroredVolume, Receiver,
+    ReceiverConfig, VolumeConfig,
+};
+use crate::storage::{EngineKind, Generations, HostedDisk};
+
+use super::dirty::SharedBitmap;
+
+/// How long a new host waits for the previous one to let go of the disk.
+const LOCK_WAIT_S: u64 = 60;
+/// Period of the dirty bitmap's deferred clears.
+const CLEAR_PERIOD_MS: u64 = 1_000;
+
+/// The production disk served and mirrored by this member.
+struct Production {
+    resource: ResourceId,
+    volume: Arc<MirroredVolume>,
+    bitmap: Arc<SharedBitmap>,
+    clear_task: JoinHandle<()>,
+    serving: Option<Serving>,
+}
+
+struct Serving {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+struct Receiving {
+    receiver: Receiver,
+    streams: mpsc::Sender<TcpStream>,
+    label_task: JoinHandle<()>,
+}
+
+/// Everything this member runs for the group.
+pub struct Roles {
+    me: MemberId,
+    domain: Arc<RecoveryDomain>,
+    disks: BTreeMap<ResourceId, PathBuf>,
+    engine_kind: EngineKind,
+    hosted: BTreeMap<ResourceId, Arc<HostedDisk>>,
+    production: Option<Production>,
+    receiving: BTreeMap<ResourceId, Receiving>,
+    /// Where incoming replication connections go: the receiver of the
+    /// copy this member hosts (a member hosts at most one copy per site).
+    replication_sink: Arc<Mutex<Option<mpsc::Sender<TcpStream>>>>,
+}
+
+impl Roles {
+    pub fn new(
+        me: MemberId,
+        domain: Arc<RecoveryDomain>,
+        disks: BTreeMap<ResourceId, PathBuf>,
+        engine_kind: EngineKind,
+    ) -> Roles {
+        Roles {
+            me,
+            domain,
+            disks,
+            engine_kind,
+            hosted: BTreeMap::new(),
+            production: None,
+            receiving: BTreeMap::new(),
+            replication_sink: Arc::default(),
+        }
+    }
+
+    /// Route incoming replication connections to whichever receiver runs.
+    pub fn route_replication(&self, mut incoming: mpsc::Receiver<TcpStream>) -> JoinHandle<()> {
+        let sink = self.replication_sink.clone();
+        tokio::spawn(async move {
+            while let Some(s) = incoming.recv().await {
+                let tx = sink.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                match tx {
+                    Some(tx) => {
+                        let _ = tx.try_send(s);
+                    }
+                    None => tracing::debug!("replication connection while no copy is hosted: dropped"),
+                }
+            }
+        })
+    }
+
+    fn member_name(&self, id: MemberId) -> String {
+        self.domain
+            .member(id)
+            .map(|m| m.name.clone())
+            .unwrap_or_else(|| format!("member #{}", id.0))
+    }
+
+    /// Execute one action; a proposal it leads to is returned for the caller
+    /// to send to the engine.
+    pub async fn execute(&mut self, action: Action) -> anyhow::Result<Option<GroupCommand>> {
+        match action {
+            Action::Propose(cmd) => return Ok(Some(cmd)),
+            Action::OpenDisk { resource, epoch } => self.open_disk(&resource, epoch).await?,
+            Action::CloseDisk { resource } => self.close_disk(&resource).await,
+            Action::SendConfig { resource, epoch } => {
+                let disk = self.hosted(&resource)?;
+                let label = disk.label();
+                let config = ResourceConfig {
+                    size_bytes: disk.data_size(),
+                    block_size_bytes: 4096,
+                    label_generation: label.generations.current,
+                };
+                tracing::info!(%resource, size = disk.data_size(), "blocks 82-84: sending the resource configuration to the subgroup");
+                return Ok(Some(GroupCommand::ResourceConfig {
+                    member: self.me,
+                    resource,
+                    epoch,
+                    config,
+                }));
+            }
+            Action::AwaitConfig { resource, from } => {
+                tracing::info!(%resource, host = %self.member_name(from), "blocks 78-80: waiting for the host's configuration");
+            }
+            Action::ApplyConfig {
+                resource,
+                from,
+                config,
+            } => {
+                tracing::info!(%resource, host = %self.member_name(from), size = config.size_bytes, "block 80: received the resource configuration");
+            }
+            Action::ExpectMirroring {
+                resource,
+                from,
+                epoch,
+            } => self.start_receiving(&resource, from, epoch)?,
+            Action::StopExpecting { resource, .. } => self.stop_receiving(&resource).await,
+            Action::StartMirroring {
+                resource,
+                to,
+                epoch,
+            } => self.start_mirroring(&resource, to, epoch)?,
+            Action::StopMirroring { resource, to } => {
+                let name = self.member_name(to);
+                if let Some(p) = &self.production {
+                    tracing::info!(%resource, copy = %name, "stop mirroring");
+                    p.volume.remove_copy(&name);
+                    p.bitmap.drop_link(&name);
+                }
+            }
+            Action::ServeVolume { address, epoch } => self.serve(address, epoch).await?,
+            Action::StopServing => self.stop_serving().await,
+        }
+        Ok(None)
+    }
+
+    fn hosted(&self, resource: &ResourceId) -> anyhow::Result<Arc<HostedDisk>> {
+        self.hosted
+            .get(resource)
+            .cloned()
+            .ok_or_else(|| anyhow!("resource {resource} is not open on this member"))
+    }
+
+    async fn open_disk(&mut self, resource: &ResourceId, epoch: u64) -> anyhow::Result<()> {
+        if self.hosted.contains_key(resource) {
+            return Ok(());
+        }
+        let path = self
+            .disks
+            .get(resource)
+            .cloned()
+            .ok_or_else(|| anyhow!("no disk of this member carries resource {resource}"))?;
+        tracing::info!(%resource, disk = %path.display(), epoch, "block 76: hosting the resource (waiting for the disk's lock if another process still holds it)");
+        let p = path.clone();
+        let disk = tokio::task::spawn_blocking(move || {
+            HostedDisk::open(&p, Some(Duration::from_secs(LOCK_WAIT_S)))
+        })
+        .await
+        .context("disk open task")?
+        .with_context(|| format!("open {} for hosting", path.display()))?;
+        self.hosted.insert(resource.clone(), Arc::new(disk));
+        Ok(())
+    }
+
+    async fn close_disk(&mut self, resource: &ResourceId) {
+        if self.production.as_ref().is_some_and(|p| &p.resource == resource) {
+            self.stop_production().await;
+        }
+        self.stop_receiving(resource).await;
+        if self.hosted.remove(resource).is_some() {
+            tracing::info!(%resource, "closed the disk: no longer its host");
+        }
+    }
+
+    /// The production volume, created on first need from the hosted disk.
+    fn production(&mut self) -> anyhow::Result<&Production> {
+        if self.production.is_none() {
+            let resource = self.domain.production().resource.clone();
+            let disk = self.hosted(&resource)?;
+            let label = disk
+                .update_label(|l| {
+                    l.flags.consistent = true;
+                    l.flags.primary_seen = true;
+                })
+                .context("update the production disk's label")?;
+            let device = disk
+                .device(self.engine_kind)
+                .context("open the production disk's engine")?;
+            let mode = match self.domain.mode {
+                DomainMode::Sync => Mode::Sync,
+                DomainMode::Async => Mode::Async,
+            };
+            let volume = MirroredVolume::new(
+                device,
+                VolumeConfig {
+                    mode,
+                    epoch: 0,
+                    generations: to_repl(&label.generations),
+                },
+            );
+            let bitmap = SharedBitmap::new(disk.bitmap().clone(), disk.data_size());
+            let clear_task = tokio::spawn(
+                bitmap
+                    .clone()
+                    .clear_loop(Duration::from_millis(CLEAR_PERIOD_MS)),
+            );
+            self.production = Some(Production {
+                resource,
+                volume,
+                bitmap,
+                clear_task,
+                serving: None,
+            });
+        }
+        self.production
+            .as_ref()
+            .ok_or_else(|| anyhow!("production volume missing"))
+    }
+
+    fn start_mirroring(&mut self, resource: &ResourceId, to: MemberId, epoch: u64) -> anyhow::Result<()> {
+        let name = self.member_name(to);
+        let addr = self
+            .domain
+            .member(to)
+            .map(|m| m.address.clone())
+            .ok_or_else(|| anyhow!("copy host {name} is not in the recovery domain"))?;
+        let secret = self.domain.secret.as_bytes().to_vec();
+        let window = u32::try_from(self.domain.async_window_bytes).unwrap_or(u32::MAX);
+        let p = self.production()?;
+        p.volume.set_epoch(epoch);
+        let mut cfg = CopyConfig::new(&name, &addr, &secret);
+        cfg.window_bytes_max = window;
+        p.volume.remove_copy(&name);
+        let log = p.bitmap.link(&name);
+        p.volume
+            .add_copy(cfg, log)
+            .with_context(|| format!("start mirroring to {name}"))?;
+        tracing::info!(%resource, copy = %name, %addr, epoch, "blocks 92-96: mirroring starts from this production host");
+        Ok(())
+    }
+
+    async fn serve(&mut self, address: NbdAddress, epoch: u64) -> anyhow::Result<()> {
+        let group = self.domain.group.clone();
+        let p = self.production()?;
+        p.volume.set_epoch(epoch);
+        if p.serving.is_some() {
+            return Ok(());
+        }
+        let listen = match &address {
+            NbdAddress::Unix(path) => {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("create {}", dir.display()))?;
+                }
+                ListenAddr::Unix(path.clone())
+            }
+            NbdAddress::Tcp(a) => ListenAddr::Tcp(a.clone()),
+        };
+        let server = Server::bind(std::slice::from_ref(&listen), ServerConfig::default())
+            .await
+            .with_context(|| format!("serve the volume at {address}"))?;
+        let mut export = Export::new(group.clone(), p.volume.clone());
+        export.description = format!("geomirror volume {group}");
+        let (stop, mut stop_rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            };
+            if let Err(e) = server.run(vec![Arc::new(export)], shutdown).await {
+                tracing::error!("NBD server: {e}");
+            }
+        });
+        tracing::info!(%address, epoch, "serving the volume over NBD (production host)");
+        if let Some(p) = self.production.as_mut() {
+            p.serving = Some(Serving { stop, task });
+        }
+        Ok(())
+    }
+
+    async fn stop_serving(&mut self) {
+        if let Some(s) = self.production.as_mut().and_then(|p| p.serving.take()) {
+            tracing::info!("stop serving the volume: draining NBD requests");
+            let _ = s.stop.send(true);
+            let _ = s.task.await;
+        }
+    }
+
+    async fn stop_production(&mut self) {
+        self.stop_serving().await;
+        if let Some(p) = self.production.take() {
+            for l in p.volume.links() {
+                p.volume.remove_copy(l.name());
+            }
+            p.clear_task.abort();
+            let bitmap = p.bitmap.clone();
+            let _ = tokio::task::spawn_blocking(move || bitmap.clear_pass()).await;
+        }
+    }
+
+    fn start_receiving(&mut self, resource: &ResourceId, from: MemberId, epoch: u64) -> anyhow::Result<()> {
+        if let Some(r) = self.receiving.get(resource) {
+            r.receiver.epoch().fetch_max(epoch, std::sync::atomic::Ordering::AcqRel);
+            return Ok(());
+        }
+        let disk = self.hosted(resource)?;
+        let label = disk.label();
+        let mut generations = to_repl(&label.generations);
+        if !label.flags.consistent {
+            // A fresh (or interrupted full-sync) copy holds nothing to keep.
+            generations = ReplGenerations::default();
+        }
+        let device = disk.device(self.engine_kind).context("open the copy disk's engine")?;
+        let cfg = ReceiverConfig::new(self.domain.secret.as_bytes(), epoch, generations);
+        let (tx, rx) = mpsc::channel(8);
+        let receiver = Receiver::start_streams(rx, device, cfg);
+        let mut gens = receiver.watch_generations();
+        let label_disk = disk.clone();
+        let label_task = tokio::spawn(async move {
+            while gens.changed().await.is_ok() {
+                let g = *gens.borrow_and_update();
+                let d = label_disk.clone();
+                let r = tokio::task::spawn_blocking(move || {
+                    d.update_label(|l| {
+                        l.generations = from_repl(&g);
+                        l.flags.consistent = g.current != 0;
+                    })
+                })
+                .await;
+                if let Ok(Err(e)) = r {
+                    tracing::error!("persisting the copy's generations: {e}");
+                }
+            }
+        });
+        *self.replication_sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
+        tracing::info!(%resource, from = %self.member_name(from), epoch, "blocks 88/114: receiving mirrored writes (copy host)");
+        self.receiving.insert(
+            resource.clone(),
+            Receiving {
+                receiver,
+                streams: tx,
+                label_task,
+            },
+        );
+        Ok(())
+    }
+
+    async fn stop_receiving(&mut self, resource: &ResourceId) {
+        if let Some(r) = self.receiving.remove(resource) {
+            {
+                let mut sink = self.replication_sink.lock().unwrap_or_else(|p| p.into_inner());
+                if sink.as_ref().is_some_and(|s| s.same_channel(&r.streams)) {
+                    *sink = None;
+                }
+            }
+            r.receiver.shutdown().await;
+            r.label_task.abort();
+            tracing::info!(%resource, "stopped receiving mirrored writes");
+        }
+    }
+
+    /// Stop everything, serving first (its in-flight requests are answered).
+    pub async fn stop_all(&mut self) {
+        self.stop_production().await;
+        let receiving: Vec<ResourceId> = self.receiving.keys().cloned().collect();
+        for r in receiving {
+            self.stop_receiving(&r).await;
+        }
+        self.hosted.clear();
+    }
+
+    /// The copy links' figures, when this member is the production host.
+    pub fn copy_stats(&self) -> Vec<CopyStats> {
+        self.production
+            .as_ref()
+            .map(|p| p.volume.links().iter().map(|l| l.stats()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Dirty bytes the production disk tracks for absent or lagging copies.
+    pub fn dirty_bytes(&self) -> Option<u64> {
+        self.production.as_ref().map(|p| p.bitmap.dirty_bytes())
+    }
+
+    /// Whether this member currently serves the volume.
+    pub fn serving(&self) -> bool {
+        self.production.as_ref().is_some_and(|p| p.serving.is_some())
+    }
+}
+
+fn to_repl(g: &Generations) -> ReplGenerations {
+    ReplGenerations {
+        current: g.current,
+        bitmap: g.bitmap,
+        history: g.history,
+    }
+}
+
+fn from_repl(g: &ReplGenerations) -> Generations {
+    Generations {
+        current: g.current,
+        bitmap: g.bitmap,
+        history: g.history,
+    }
+}
