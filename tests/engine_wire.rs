@@ -21,6 +21,19 @@ const WRONG_SECRET: &[u8] = b"not-the-group-secret-at-all-0000";
 /// Liveness bound for waits; never a performance assertion.
 const WAIT: Duration = Duration::from_secs(20);
 
+/// Bytes appended in order: a state that grows past one snapshot chunk.
+#[derive(Clone, Default, Serialize, Deserialize)]
+struct Blob(Vec<u8>);
+
+impl Replicated for Blob {
+    type Command = Vec<u8>;
+    type Outcome = usize;
+    fn apply(&mut self, more: &Vec<u8>) -> usize {
+        self.0.extend_from_slice(more);
+        self.0.len()
+    }
+}
+
 /// A counter: the smallest state machine that proves a member still works.
 #[derive(Clone, Default, Serialize, Deserialize)]
 struct Counter(u64);
@@ -51,10 +64,13 @@ fn config(id: u64, addr: SocketAddr, dir: &Path, secret: &[u8]) -> EngineConfig 
 
 /// A one-member group, bootstrapped and leading.
 async fn founder(root: &Path) -> (Engine<Counter>, SocketAddr) {
-    let addr = loopback();
-    let e = Engine::start(config(1, addr, &root.join("m1"), SECRET))
-        .await
-        .expect("engine starts");
+    founder_with(root, config(1, loopback(), &root.join("m1"), SECRET)).await
+}
+
+async fn founder_with<S: Replicated>(root: &Path, cfg: EngineConfig) -> (Engine<S>, SocketAddr) {
+    let _ = root;
+    let addr = cfg.listen;
+    let e = Engine::start(cfg).await.expect("engine starts");
     e.bootstrap().await.expect("bootstrap");
     let t0 = Instant::now();
     while e.leader() != Some(1) {
@@ -185,5 +201,55 @@ async fn connections_beyond_the_cap_are_closed() {
         assert!(t0.elapsed() < WAIT, "slots never released");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    m1.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_larger_than_a_chunk_reaches_a_late_joiner() {
+    let root = common::tempdir();
+    // Megabytes cross here, fsynced on both ends on a shared disk: roomier
+    // timing than the other tests, so slow I/O is not mistaken for failure.
+    let roomy = |c: &mut EngineConfig| {
+        c.heartbeat_ms = 100;
+        c.election_timeout_ms = 1_000;
+        c.rpc_timeout_ms = 5_000;
+        c.membership_timeout_ms = 30_000;
+        c.propose_attempts_max = 50;
+    };
+    let mut cfg = config(1, loopback(), &root.path().join("m1"), SECRET);
+    roomy(&mut cfg);
+    cfg.snapshot_every_entries = 100;
+    cfg.logs_kept_after_snapshot = 0;
+    let (m1, m1_addr) = founder_with::<Blob>(root.path(), cfg).await;
+    // Commands of 16 KB: the first snapshot holds more than one 1 MiB
+    // chunk, so InstallSnapshot runs over several frames.
+    let piece = 16_000;
+    for i in 0..110u16 {
+        m1.propose(vec![i as u8; piece]).await.expect("propose");
+    }
+    let t0 = Instant::now();
+    // The snapshot lands at about 100 applied entries (blank and membership
+    // entries included): at least 90 commands, 1.44 MB, in it.
+    while m1.metrics().purged_index.is_none_or(|p| p < 90) {
+        assert!(
+            t0.elapsed() < WAIT,
+            "log never compacted: {:?}",
+            m1.metrics()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut c2 = config(2, loopback(), &root.path().join("m2"), SECRET);
+    roomy(&mut c2);
+    let m2 = Engine::<Blob>::start(c2).await.expect("engine starts");
+    m2.join_via(&[m1_addr]).await.expect("join");
+    let want = m1.state().borrow().0.clone();
+    let t0 = Instant::now();
+    while m2.state().borrow().0 != want {
+        assert!(t0.elapsed() < WAIT, "joiner never caught up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(want.len(), 110 * piece);
+    assert!(m2.metrics().snapshot_index.is_some_and(|i| i >= 90));
+    m2.shutdown().await.expect("shutdown");
     m1.shutdown().await.expect("shutdown");
 }

@@ -35,6 +35,9 @@ pub struct EngineConfig {
     pub election_timeout_ms: u64,
     /// Bound on one RPC (connect + handshake + answer).
     pub rpc_timeout_ms: u64,
+    /// Bound on sending one snapshot chunk, the last one including its
+    /// installation (decode, write, fsync) on the receiver.
+    pub snapshot_chunk_timeout_ms: u64,
     /// Bound on one membership change, including a joiner's catch-up.
     pub membership_timeout_ms: u64,
     /// Build a snapshot after this many applied entries since the last one.
@@ -75,6 +78,7 @@ impl EngineConfig {
             heartbeat_ms: 100,
             election_timeout_ms: 1_000,
             rpc_timeout_ms: 2_000,
+            snapshot_chunk_timeout_ms: 10_000,
             membership_timeout_ms: 30_000,
             snapshot_every_entries: 1_000,
             logs_kept_after_snapshot: 100,
@@ -122,7 +126,7 @@ impl EngineConfig {
             heartbeat_interval: self.heartbeat_ms,
             election_timeout_min: self.election_timeout_ms,
             election_timeout_max: self.election_timeout_ms * 2,
-            install_snapshot_timeout: self.rpc_timeout_ms,
+            install_snapshot_timeout: self.snapshot_chunk_timeout_ms,
             max_payload_entries: ENTRIES_PER_APPEND_MAX,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries),
             snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES_MAX,

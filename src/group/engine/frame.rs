@@ -6,8 +6,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// Largest payload accepted in one frame. Snapshots are sent in chunks of at
 /// most [`SNAPSHOT_CHUNK_BYTES_MAX`], so they always fit.
 pub const FRAME_BYTES_MAX: usize = 64 << 20;
-/// Size of one snapshot chunk handed to openraft (`snapshot_max_chunk_size`).
-pub const SNAPSHOT_CHUNK_BYTES_MAX: u64 = 4 << 20;
+/// Size of one snapshot chunk handed to openraft (`snapshot_max_chunk_size`):
+/// small enough to cross a slow link within the RPC timeout.
+pub const SNAPSHOT_CHUNK_BYTES_MAX: u64 = 1 << 20;
 /// Header: payload length (u32 LE) then crc32 of the payload (u32 LE).
 pub const HEADER_BYTES: usize = 8;
 

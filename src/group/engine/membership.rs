@@ -34,11 +34,13 @@ pub(crate) async fn propose<S: Replicated>(
         .ok_or_else(|| Fault::Failed("a normal entry applied without an outcome".into()))
 }
 
-/// Largest encoded command. With at most `ENTRIES_PER_APPEND_MAX` entries
-/// per AppendEntries, every frame stays far below `FRAME_BYTES_MAX`.
-pub const COMMAND_BYTES_MAX: usize = 64 << 10;
+/// Largest encoded command. openraft 0.9 must get each AppendEntries
+/// answered within one heartbeat period, so a full batch
+/// (`ENTRIES_PER_APPEND_MAX` × this, ≤ 1 MiB) has to stay small; group
+/// state commands are a few hundred bytes.
+pub const COMMAND_BYTES_MAX: usize = 16 << 10;
 /// Entries sent in one AppendEntries (openraft `max_payload_entries`).
-pub(crate) const ENTRIES_PER_APPEND_MAX: u64 = 256;
+pub(crate) const ENTRIES_PER_APPEND_MAX: u64 = 64;
 const _: () = assert!(
     (COMMAND_BYTES_MAX as u64 + 1024) * ENTRIES_PER_APPEND_MAX
         < super::frame::FRAME_BYTES_MAX as u64

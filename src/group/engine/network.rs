@@ -51,6 +51,7 @@ struct RemoteFailure(String);
 /// Connections, credentials and liveness shared by every outgoing call.
 pub(crate) struct Net {
     auth: Authenticator,
+    /// Bound on connect + handshake.
     connect_timeout: Duration,
     backoff: Duration,
     pools: Mutex<HashMap<String, Vec<TcpStream>>>,
@@ -207,13 +208,9 @@ impl<S: Replicated> PeerClient<S> {
     async fn send<E: std::error::Error>(
         &self,
         req: Request<S>,
-        option: &RPCOption,
+        timeout: Duration,
     ) -> Result<Response<S>, RpcErr<E>> {
-        match self
-            .net
-            .call(&self.addr, &req, option.hard_ttl(), true)
-            .await
-        {
+        match self.net.call(&self.addr, &req, timeout, true).await {
             Ok(r) => {
                 self.net.mark_ok(self.target);
                 Ok(r)
@@ -240,7 +237,10 @@ impl<S: Replicated> RaftNetwork<Tc<S>> for PeerClient<S> {
         rpc: AppendEntriesRequest<Tc<S>>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
-        match self.send(Request::Append(rpc), &option).await? {
+        // openraft 0.9 bounds each AppendEntries by the heartbeat period
+        // (its own timer around this call), which is why commands and
+        // entries per append are kept small (see COMMAND_BYTES_MAX).
+        match self.send(Request::Append(rpc), option.hard_ttl()).await? {
             Response::Append(Ok(r)) => Ok(r),
             Response::Append(Err(f)) => Err(fault(f)),
             _ => Err(unexpected()),
@@ -252,7 +252,7 @@ impl<S: Replicated> RaftNetwork<Tc<S>> for PeerClient<S> {
         rpc: InstallSnapshotRequest<Tc<S>>,
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
-        match self.send(Request::Snapshot(rpc), &option).await? {
+        match self.send(Request::Snapshot(rpc), option.hard_ttl()).await? {
             Response::Snapshot(Ok(r)) => Ok(r),
             // openraft restarts the transfer from offset 0 on a mismatch.
             Response::Snapshot(Err(Fault::SnapshotMismatch(m))) => {
@@ -271,7 +271,7 @@ impl<S: Replicated> RaftNetwork<Tc<S>> for PeerClient<S> {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcErr> {
-        match self.send(Request::Vote(rpc), &option).await? {
+        match self.send(Request::Vote(rpc), option.hard_ttl()).await? {
             Response::Vote(Ok(r)) => Ok(r),
             Response::Vote(Err(f)) => Err(fault(f)),
             _ => Err(unexpected()),
