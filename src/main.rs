@@ -29,6 +29,10 @@ enum Command {
     Attach(cmd::attach::Args),
     /// Disconnect a kernel NBD device attached by `attach`.
     Detach(cmd::detach::Args),
+    /// Run one member of a group in the foreground (SIGTERM: leave cleanly).
+    Up(cmd::up::Args),
+    /// Show how the group stands, as one running member sees it.
+    Status(cmd::status::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -40,6 +44,8 @@ fn main() -> std::process::ExitCode {
         Command::Label(a) => cmd::label::run(a),
         Command::Attach(a) => cmd::attach::run(a),
         Command::Detach(a) => cmd::detach::run(a),
+        Command::Up(a) => cmd::up::run(a),
+        Command::Status(a) => cmd::status::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -95,7 +95,7 @@ async fn peer_with_wrong_secret_cannot_join_or_send_rpcs() {
     // A raw handshake with the wrong secret fails too: the member's proof
     // does not verify, so no request is ever sent.
     let wrong = Authenticator::new(WRONG_SECRET, AUTH_CONTEXT, WAIT).expect("authenticator");
-    let mut s = TcpStream::connect(m1_addr).await.expect("connect");
+    let mut s = connect_engine(m1_addr).await;
     assert!(wrong.client(&mut s).await.is_err());
 
     assert_eq!(m1.metrics().voters.len(), 1);
@@ -108,7 +108,7 @@ async fn peer_with_wrong_secret_cannot_join_or_send_rpcs() {
 /// Opens an authenticated connection, as a member would.
 async fn authed(addr: SocketAddr) -> TcpStream {
     let a = Authenticator::new(SECRET, AUTH_CONTEXT, WAIT).expect("authenticator");
-    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let mut s = connect_engine(addr).await;
     a.client(&mut s).await.expect("handshake");
     s
 }
@@ -168,7 +168,7 @@ async fn silent_client_is_dropped_after_the_handshake_timeout() {
     let root = common::tempdir();
     let (m1, m1_addr) = founder(root.path()).await;
     // Connects and never says anything: the handshake timeout closes it.
-    let s = TcpStream::connect(m1_addr).await.expect("connect");
+    let s = connect_engine(m1_addr).await;
     assert!(
         dropped(s).await,
         "a silent client must not hold a slot forever"
@@ -182,9 +182,9 @@ async fn connections_beyond_the_cap_are_closed() {
     let (m1, m1_addr) = founder(root.path()).await;
     let mut held = Vec::new();
     for _ in 0..CONNECTIONS_MAX {
-        held.push(TcpStream::connect(m1_addr).await.expect("connect"));
+        held.push(connect_engine(m1_addr).await);
     }
-    let extra = TcpStream::connect(m1_addr).await.expect("connect");
+    let extra = connect_engine(m1_addr).await;
     assert!(
         dropped(extra).await,
         "connection over the cap must be closed"
@@ -194,7 +194,7 @@ async fn connections_beyond_the_cap_are_closed() {
     let t0 = Instant::now();
     loop {
         let a = Authenticator::new(SECRET, AUTH_CONTEXT, WAIT).expect("authenticator");
-        let mut s = TcpStream::connect(m1_addr).await.expect("connect");
+        let mut s = connect_engine(m1_addr).await;
         if a.client(&mut s).await.is_ok() {
             break;
         }
@@ -252,4 +252,13 @@ async fn snapshot_larger_than_a_chunk_reaches_a_late_joiner() {
     assert!(m2.metrics().snapshot_index.is_some_and(|i| i >= 90));
     m2.shutdown().await.expect("shutdown");
     m1.shutdown().await.expect("shutdown");
+}
+
+/// Connects to a member's address as the engine protocol does: the magic first.
+async fn connect_engine(addr: std::net::SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    tokio::io::AsyncWriteExt::write_all(&mut s, &geomirror::group::engine::ENGINE_MAGIC)
+        .await
+        .expect("send the engine magic");
+    s
 }

@@ -8,6 +8,10 @@ pub mod detach;
 pub mod format;
 pub mod label;
 pub mod serve;
+pub mod status;
+pub mod up;
+
+use anyhow::Context as _;
 
 /// Logs go to stderr so that stdout stays for machine-readable output.
 pub fn init_logging(filter: &str) {
@@ -17,4 +21,17 @@ pub fn init_logging(filter: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// Completes on the first SIGTERM or SIGINT.
+pub(crate) fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+        }
+    })
 }

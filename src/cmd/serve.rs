@@ -193,7 +193,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             print_usage(&uri(a, &args.name), &args.name);
         }
         server
-            .run(vec![Arc::new(export)], shutdown_signal()?)
+            .run(vec![Arc::new(export)], super::shutdown_signal()?)
             .await?;
         tracing::info!("stopped");
         anyhow::Ok(())
@@ -223,15 +223,3 @@ fn print_usage(uri: &str, name: &str) {
     );
 }
 
-/// Completes on the first SIGTERM or SIGINT.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM"),
-            _ = int.recv() => tracing::info!("SIGINT"),
-        }
-    })
-}

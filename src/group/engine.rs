@@ -39,7 +39,7 @@ use tokio::task::JoinHandle;
 pub use config::EngineConfig;
 pub use error::EngineError;
 pub use membership::COMMAND_BYTES_MAX;
-pub use server::CONNECTIONS_MAX;
+pub use server::{CONNECTIONS_MAX, ENGINE_MAGIC};
 pub use snapshot::SNAPSHOT_BYTES_MAX;
 pub use status::EngineMetrics;
 pub use types::{NodeId, Replicated};
@@ -77,6 +77,28 @@ impl<S: Replicated> Engine<S> {
     /// Opens the state directory (log, vote, snapshot), binds the listener
     /// and starts Raft. A member restarted on its state dir resumes its role.
     pub async fn start(cfg: EngineConfig) -> Result<Self, EngineError> {
+        let listener = bind(cfg.listen).await?;
+        let advertised = advertised_addr(&cfg, &listener)?;
+        Self::start_inner(cfg, advertised, server::Incoming::Listener(listener)).await
+    }
+
+    /// As [`Engine::start`], for a member whose one listener is shared with
+    /// other protocols: engine connections arrive on `incoming`, their
+    /// [`ENGINE_MAGIC`] already read. `cfg.listen` (or `cfg.advertise`) is
+    /// the address other members dial.
+    pub async fn start_with_incoming(
+        cfg: EngineConfig,
+        incoming: tokio::sync::mpsc::Receiver<tokio::net::TcpStream>,
+    ) -> Result<Self, EngineError> {
+        let advertised = cfg.advertise.unwrap_or(cfg.listen);
+        Self::start_inner(cfg, advertised, server::Incoming::Streams(incoming)).await
+    }
+
+    async fn start_inner(
+        cfg: EngineConfig,
+        advertised: SocketAddr,
+        incoming: server::Incoming,
+    ) -> Result<Self, EngineError> {
         let raft_cfg = cfg.raft_config()?;
         std::fs::create_dir_all(&cfg.state_dir).map_err(|source| EngineError::StateDir {
             path: cfg.state_dir.clone(),
@@ -84,8 +106,6 @@ impl<S: Replicated> Engine<S> {
         })?;
         let auth = Authenticator::new(&cfg.secret, AUTH_CONTEXT, cfg.rpc_timeout())
             .map_err(|e| EngineError::Config(e.to_string()))?;
-        let listener = bind(cfg.listen).await?;
-        let advertised = advertised_addr(&cfg, &listener)?;
         let mut log = store::LogStore::<S>::open(&cfg.state_dir).await?;
         let last_log = log
             .last_log_index()
@@ -126,7 +146,7 @@ impl<S: Replicated> Engine<S> {
             membership_timeout: cfg.membership_timeout(),
             last_leader_contact: Mutex::new(None),
         });
-        let server = tokio::spawn(server::serve(listener, ctx.clone()));
+        let server = tokio::spawn(server::serve(incoming, ctx.clone()));
         let leader_since = Arc::new(Mutex::new(None));
         let leader_watch = tokio::spawn(status::watch_leadership(
             cfg.node_id,
@@ -251,6 +271,11 @@ impl<S: Replicated> Engine<S> {
         let res = self.raft.shutdown().await;
         self.net.clear();
         res.map_err(|e| EngineError::Raft(e.to_string()))
+    }
+
+    /// Whether this member is a voter of the group (it founded or joined it).
+    pub fn is_member(&self) -> bool {
+        self.is_voter(self.cfg.node_id)
     }
 
     fn is_voter(&self, id: NodeId) -> bool {

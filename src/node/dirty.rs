@@ -105,11 +105,6 @@ impl SharedBitmap {
         }
     }
 
-    /// Dirty bytes on disk (the union of all links).
-    pub fn dirty_bytes(&self) -> u64 {
-        self.disk.dirty_bytes()
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }

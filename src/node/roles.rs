@@ -405,11 +405,6 @@ impl Roles {
             .unwrap_or_default()
     }
 
-    /// Dirty bytes the production disk tracks for absent or lagging copies.
-    pub fn dirty_bytes(&self) -> Option<u64> {
-        self.production.as_ref().map(|p| p.bitmap.dirty_bytes())
-    }
-
     /// Whether this member currently serves the volume.
     pub fn serving(&self) -> bool {
         self.production.as_ref().is_some_and(|p| p.serving.is_some())

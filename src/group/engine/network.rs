@@ -100,6 +100,9 @@ impl Net {
             .map_err(|_| unreachable(std::io::ErrorKind::TimedOut.into()))?
             .map_err(unreachable)?;
         s.set_nodelay(true).map_err(unreachable)?;
+        tokio::io::AsyncWriteExt::write_all(&mut s, &super::server::ENGINE_MAGIC)
+            .await
+            .map_err(unreachable)?;
         self.auth
             .client(&mut s)
             .await

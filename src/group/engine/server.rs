@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::raft::AppendEntriesResponse;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
 use super::auth::Authenticator;
@@ -31,28 +31,65 @@ pub(crate) struct ServerCtx<S: Replicated> {
     pub(crate) last_leader_contact: Mutex<Option<Instant>>,
 }
 
+/// First bytes of an engine connection: a member's one address also
+/// carries replication and control, told apart by their magic.
+pub const ENGINE_MAGIC: [u8; 4] = *b"GMRA";
+
+/// Time a new connection has to send its magic.
+const MAGIC_TIMEOUT_MS: u64 = 5_000;
+
+/// Where the engine's connections come from.
+pub(crate) enum Incoming {
+    /// Its own listener: each connection must open with [`ENGINE_MAGIC`].
+    Listener(TcpListener),
+    /// Connections accepted by the member's listener, magic already read.
+    Streams(mpsc::Receiver<TcpStream>),
+}
+
 /// Runs the accept loop until the task is aborted; aborting it also drops
 /// (and so aborts) every connection task it owns.
-pub(crate) async fn serve<S: Replicated>(listener: TcpListener, ctx: Arc<ServerCtx<S>>) {
+pub(crate) async fn serve<S: Replicated>(mut incoming: Incoming, ctx: Arc<ServerCtx<S>>) {
     let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
     let mut conns = JoinSet::new();
+    let check_magic = matches!(incoming, Incoming::Listener(_));
     loop {
         // Reap finished handlers so the set stays bounded by CONNECTIONS_MAX.
         while conns.try_join_next().is_some() {}
-        let (stream, peer) = match listener.accept().await {
-            Ok(x) => x,
+        let next = match &mut incoming {
+            Incoming::Listener(l) => l.accept().await.map(|(s, _)| Some(s)),
+            Incoming::Streams(rx) => Ok(rx.recv().await),
+        };
+        let stream = match next {
+            Ok(Some(s)) => s,
+            Ok(None) => return,
             Err(e) => {
                 tracing::warn!("engine accept: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
+        let peer = stream
+            .peer_addr()
+            .map_or_else(|_| "?".to_string(), |a| a.to_string());
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "engine connection refused: {CONNECTIONS_MAX} already open");
             continue;
         };
         let ctx = ctx.clone();
         conns.spawn(async move {
+            let mut stream = stream;
+            if check_magic {
+                let mut magic = [0u8; 4];
+                let read = tokio::time::timeout(
+                    Duration::from_millis(MAGIC_TIMEOUT_MS),
+                    tokio::io::AsyncReadExt::read_exact(&mut stream, &mut magic),
+                )
+                .await;
+                if !matches!(read, Ok(Ok(_))) || magic != ENGINE_MAGIC {
+                    tracing::debug!(%peer, "engine connection without the engine's magic: closed");
+                    return;
+                }
+            }
             if let Err(e) = handle_conn(stream, &ctx).await {
                 tracing::debug!(%peer, "engine connection closed: {e}");
             }

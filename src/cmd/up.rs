@@ -1,0 +1,65 @@
+//! `geomirror up`: run one member of a group in the foreground.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::node::{self, NodeOptions};
+use crate::storage::EngineKind;
+
+/// Arguments of `geomirror up`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The recovery-domain file (identical on every member).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// This member's name in the recovery domain.
+    #[arg(long)]
+    pub member: String,
+    /// Where the group engine keeps its log, vote and snapshots
+    /// (default: /var/lib/geomirror/GROUP/MEMBER).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Disk engine: `uring` (io_uring on its own thread) or `plain` (pread/pwrite).
+    #[arg(long, default_value = "uring", value_parser = parse_engine)]
+    pub engine: EngineKind,
+    /// A member silent for this long is declared failed by the leader.
+    #[arg(long, default_value_t = 3000)]
+    pub fail_timeout_ms: u64,
+}
+
+fn parse_engine(s: &str) -> Result<EngineKind, String> {
+    match s {
+        "uring" => Ok(EngineKind::Uring),
+        "plain" => Ok(EngineKind::Plain),
+        _ => Err(format!("unknown engine {s:?} (use uring or plain)")),
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let state_dir = match args.state_dir {
+        Some(d) => d,
+        None => {
+            let domain = crate::config::RecoveryDomain::load(&args.config)
+                .with_context(|| format!("recovery domain {}", args.config.display()))?;
+            PathBuf::from("/var/lib/geomirror")
+                .join(&domain.group)
+                .join(&args.member)
+        }
+    };
+    let opts = NodeOptions {
+        config: args.config,
+        member: args.member,
+        state_dir,
+        engine: args.engine,
+        fail_timeout_ms: args.fail_timeout_ms,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the runtime")?;
+    rt.block_on(async move {
+        let shutdown = super::shutdown_signal()?;
+        node::run(opts, shutdown).await
+    })
+}
