@@ -221,11 +221,20 @@ pub fn new_ring(depth: u32) -> io::Result<IoUring> {
         .setup_single_issuer()
         .setup_defer_taskrun()
         .build(depth);
-    match tuned {
+    let ring = match tuned {
         // Kernels before 6.1 lack these flags: a plain ring works the same.
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            IoUring::builder().setup_clamp().build(depth)
+            IoUring::builder().setup_clamp().build(depth)?
         }
-        r => r,
+        r => r?,
+    };
+    // Writes the filesystem cannot start without blocking (most ext4
+    // writes: page-cache writes, O_DIRECT writes that must update mtime)
+    // run on io_uring's worker threads, by default at most 4 per CPU for
+    // disk I/O; allow one per ring entry so the queue depth is real.
+    let mut max = [depth, 0];
+    if let Err(e) = ring.submitter().register_iowq_max_workers(&mut max) {
+        tracing::debug!("io_uring worker limit left as is: {e}");
     }
+    Ok(ring)
 }
