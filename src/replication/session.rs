@@ -213,7 +213,7 @@ async fn resync_then_idle(
     // DRBD-style: at the end of a sync the copy takes production's
     // current generation, so a later reconnect is a partial sync.
     let current = link.primary.generations.current;
-    link.enqueue(sess, Op::InSync { current }, None, None)
+    link.enqueue(sess, Op::InSync { current })
         .await
         .await
         .map_err(|_| ReplicationError::LinkDown)??;

@@ -141,7 +141,7 @@ async fn stalled_link_times_out_and_a_new_session_takes_over() {
     let vol = volume(&p, Mode::Sync, gens(1));
     let mut cfg = copy_cfg("site-b", &r.addr);
     cfg.ack_timeout_ms = 500;
-    let (link, _log) = add(&vol, cfg);
+    let (link, log) = add(&vol, cfg);
     settled(&link).await;
     // The network goes silent without closing: a sync write must still
     // complete once the ack deadline drops the link.
@@ -152,4 +152,9 @@ async fn stalled_link_times_out_and_a_new_session_takes_over() {
     assert!(link.stats().sessions >= 2, "the link did not reconnect");
     assert!(rx.stats().sessions.load(Ordering::Relaxed) >= 2);
     assert!(same_files(&p, &c), "copy differs after the takeover");
+    assert_eq!(
+        log.dirty_count(),
+        0,
+        "a chunk stayed dirty after the copy caught up"
+    );
 }
