@@ -53,6 +53,10 @@ pub struct CopyConfig {
     pub ack_timeout_ms: u64,
     pub reconnect_backoff_ms_min: u64,
     pub reconnect_backoff_ms_max: u64,
+    /// Consecutive failed connection attempts before the link stops;
+    /// `None` retries until stopped (the group decides when a copy is
+    /// given up, as DRBD keeps trying).
+    pub reconnect_attempts_max: Option<u32>,
 }
 
 impl CopyConfig {
@@ -68,6 +72,7 @@ impl CopyConfig {
             ack_timeout_ms: 10_000,
             reconnect_backoff_ms_min: 50,
             reconnect_backoff_ms_max: 2_000,
+            reconnect_attempts_max: None,
         }
     }
 }
