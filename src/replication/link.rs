@@ -53,6 +53,10 @@ pub struct CopyConfig {
     pub ack_timeout_ms: u64,
     pub reconnect_backoff_ms_min: u64,
     pub reconnect_backoff_ms_max: u64,
+    /// Consecutive failed connection attempts before the link stops;
+    /// `None` retries until stopped (the group decides when a copy is
+    /// given up, as DRBD keeps trying).
+    pub reconnect_attempts_max: Option<u32>,
 }
 
 impl CopyConfig {
@@ -68,6 +72,7 @@ impl CopyConfig {
             ack_timeout_ms: 10_000,
             reconnect_backoff_ms_min: 50,
             reconnect_backoff_ms_max: 2_000,
+            reconnect_attempts_max: None,
         }
     }
 }
@@ -206,35 +211,36 @@ impl CopyLink {
         Ok(Some(s))
     }
 
-    /// Queue a request on `session`, waiting for room in the window
-    /// (back-pressure); the receiver gets its answer (LinkDown when the
-    /// connection dies first).
-    pub(crate) async fn enqueue(
+    /// Room in the window for `op`: waits while the copy is that far
+    /// behind (back-pressure). Taken before a request is counted in flight,
+    /// so a caller cancelled while waiting leaves no count behind.
+    pub(crate) async fn reserve(&self, op: &Op) -> OwnedSemaphorePermit {
+        // Headers count too, so a stream of flushes is bounded as well.
+        let cost = (op.page_bytes() + 64).min(self.cfg.window_bytes_max.max(1) as u64) as u32;
+        self.window
+            .clone()
+            .acquire_many_owned(cost)
+            .await
+            .expect("the window semaphore is never closed")
+    }
+
+    /// Queue a request with its window room; it gets its answer through the
+    /// returned receiver (LinkDown when the connection dies first).
+    pub(crate) fn send(
         &self,
         session: &SessionTx,
         op: Op,
         chunks: Option<RangeInclusive<u64>>,
         resync_chunk: Option<u64>,
+        permit: OwnedSemaphorePermit,
     ) -> oneshot::Receiver<ItemReply> {
-        let page_bytes = match &op {
-            Op::Write { len, .. } => *len as u64,
-            _ => 0,
-        };
-        // Headers count too, so a stream of flushes is bounded as well.
-        let cost = (page_bytes + 64).min(self.cfg.window_bytes_max.max(1) as u64) as u32;
-        let permit = self
-            .window
-            .clone()
-            .acquire_many_owned(cost)
-            .await
-            .expect("the window semaphore is never closed");
         let (tx, rx) = oneshot::channel();
         let item = Item {
+            page_bytes: op.page_bytes(),
             op,
             chunks,
             resync_chunk,
             reply: Some(tx),
-            page_bytes,
             enqueued: Instant::now(),
             _permit: Some(permit),
         };
@@ -242,6 +248,16 @@ impl CopyLink {
             self.complete(item, Err(ReplicationError::LinkDown));
         }
         rx
+    }
+
+    /// Queue a request that counts no chunk in flight: reserve, then send.
+    pub(crate) async fn enqueue(
+        &self,
+        session: &SessionTx,
+        op: Op,
+    ) -> oneshot::Receiver<ItemReply> {
+        let permit = self.reserve(&op).await;
+        self.send(session, op, None, None, permit)
     }
 
     /// Answer a request. On an acknowledgement, chunks with nothing else in

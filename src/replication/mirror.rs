@@ -239,7 +239,9 @@ fn refused(offset: u64, e: ReplicationError) -> StorageError {
     }
 }
 
-/// Mark, then queue on the link's session if it has one.
+/// Take window room, count the range in flight (it is already marked),
+/// then queue it on the link's session if it has one. No await between the
+/// count and the queueing, so the count is always answered.
 async fn send(
     link: &CopyLink,
     offset: u64,
@@ -248,10 +250,11 @@ async fn send(
     acks: &mut Vec<oneshot::Receiver<ItemReply>>,
     failed: &mut Option<ReplicationError>,
 ) {
+    let permit = link.reserve(&op).await;
     match link.prepare(offset, len) {
         Ok(Some(sess)) => {
             let chunks = chunk_span(offset, len, link.chunk_bytes());
-            acks.push(link.enqueue(&sess, op, Some(chunks), None).await);
+            acks.push(link.send(&sess, op, Some(chunks), None, permit));
         }
         Ok(None) => {}
         Err(e) => *failed = Some(e),
@@ -263,7 +266,7 @@ async fn flush(primary: &Primary, links: &[Arc<CopyLink>]) -> Result<Reply, Stor
     for link in links {
         let sess = link.lock().session.clone();
         if let Some(sess) = sess {
-            acks.push(link.enqueue(&sess, Op::Flush, None, None).await);
+            acks.push(link.enqueue(&sess, Op::Flush).await);
         }
     }
     let local = storage::call(&*primary.local, Request::Flush).await;

@@ -34,6 +34,14 @@ pub(crate) enum Op {
 }
 
 impl Op {
+    /// Page bytes the request carries.
+    pub(crate) fn page_bytes(&self) -> u64 {
+        match self {
+            Op::Write { len, .. } => *len as u64,
+            _ => 0,
+        }
+    }
+
     /// The message for this request, and the page it carries (buffer, start, len).
     pub(crate) fn to_msg(&self, epoch: u64, seq: u64) -> (Msg, Option<(Arc<IoBuf>, usize, usize)>) {
         match self {

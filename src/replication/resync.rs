@@ -14,6 +14,8 @@ use super::link::{CopyLink, Op, SessionTx};
 use super::wire::{PAYLOAD_BYTES_MAX, SUMS_COUNT_MAX};
 use crate::storage::{self, IoBuf, Reply, Request};
 
+/// Chunk reads in flight during a resync.
+const RESYNC_READS_MAX: usize = 8;
 /// Bytes compared per checksum request (one local read).
 const COMPARE_BYTES_MAX: u64 = 4 << 20;
 
@@ -40,8 +42,18 @@ pub(crate) async fn run(
             compare_and_send(link, sess, first, n).await?;
         }
     } else {
+        // A few chunks are read at once so that the local disk, not one
+        // read at a time, sets the pace; the window bounds what is sent.
+        let mut reads = tokio::task::JoinSet::new();
         for c in todo.iter() {
-            send_chunk(link, sess, c).await?;
+            if reads.len() >= RESYNC_READS_MAX {
+                joined(reads.join_next().await)?;
+            }
+            let (link, sess) = (link.clone(), sess.clone());
+            reads.spawn(async move { send_chunk(&link, &sess, c).await });
+        }
+        while let Some(r) = reads.join_next().await {
+            joined(Some(r))?;
         }
     }
     loop {
@@ -56,6 +68,18 @@ pub(crate) async fn run(
             }
         }
         notified.await;
+    }
+}
+
+fn joined(
+    r: Option<Result<Result<(), ReplicationError>, tokio::task::JoinError>>,
+) -> Result<(), ReplicationError> {
+    match r {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => Err(ReplicationError::Malformed(format!(
+            "resync task failed: {e}"
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -112,7 +136,6 @@ async fn send_chunk(
     let mut ticket = link.primary.gate.admit(offset, len);
     ticket.ready().await;
     let data = read_local(link, offset, len).await?;
-    link.prepare_resync(c, sess)?;
     let op = Op::Write {
         offset,
         crc: crc32fast::hash(&data),
@@ -121,9 +144,11 @@ async fn send_chunk(
         data: Arc::new(data),
         fua: false,
     };
+    let permit = link.reserve(&op).await;
+    link.prepare_resync(c, sess)?;
     // The answer is tracked through the pending set, not awaited here, so
     // many chunks are in flight (bounded by the window).
-    drop(link.enqueue(sess, op, Some(c..=c), Some(c)).await);
+    drop(link.send(sess, op, Some(c..=c), Some(c), permit));
     drop(ticket);
     Ok(())
 }
@@ -155,7 +180,7 @@ pub(crate) async fn compare(
         chunk_bytes: cb as u32,
         count: count as u32,
     };
-    let rx = link.enqueue(sess, op, None, None).await;
+    let rx = link.enqueue(sess, op).await;
     drop(ticket);
     let remote =
         rx.await

@@ -31,12 +31,20 @@ type Sent = Mutex<BTreeMap<u64, Item>>;
 pub(crate) async fn run_link(link: Arc<CopyLink>) {
     let mut stop = link.stop.subscribe();
     let mut backoff_ms = link.cfg.reconnect_backoff_ms_min;
+    let mut failed_attempts = 0u32;
     loop {
         if *stop.borrow() {
             break;
         }
         let started = Instant::now();
-        if let Err(e) = session(&link, &mut stop).await {
+        let sessions = link.counters.sessions.load(Ordering::Relaxed);
+        let result = session(&link, &mut stop).await;
+        if link.counters.sessions.load(Ordering::Relaxed) == sessions {
+            failed_attempts += 1;
+        } else {
+            failed_attempts = 0;
+        }
+        if let Err(e) = result {
             tracing::warn!(copy = %link.cfg.name, "replication link: {e}");
             link.set_error(&e);
             let terminal = match e {
@@ -52,6 +60,16 @@ pub(crate) async fn run_link(link: Arc<CopyLink>) {
             }
         }
         if *stop.borrow() {
+            break;
+        }
+        if link
+            .cfg
+            .reconnect_attempts_max
+            .is_some_and(|max| failed_attempts >= max)
+        {
+            link.lock().last_error = Some(format!(
+                "gave up after {failed_attempts} failed connection attempts"
+            ));
             break;
         }
         if started.elapsed() > Duration::from_secs(1) {
@@ -216,7 +234,7 @@ async fn resync_then_idle(
     // DRBD-style: at the end of a sync the copy takes production's
     // current generation, so a later reconnect is a partial sync.
     let current = link.primary.generations.current;
-    link.enqueue(sess, Op::InSync { current }, None, None)
+    link.enqueue(sess, Op::InSync { current })
         .await
         .await
         .map_err(|_| ReplicationError::LinkDown)??;

@@ -141,7 +141,7 @@ async fn stalled_link_times_out_and_a_new_session_takes_over() {
     let vol = volume(&p, Mode::Sync, gens(1));
     let mut cfg = copy_cfg("site-b", &r.addr);
     cfg.ack_timeout_ms = 500;
-    let (link, _log) = add(&vol, cfg);
+    let (link, log) = add(&vol, cfg);
     settled(&link).await;
     // The network goes silent without closing: a sync write must still
     // complete once the ack deadline drops the link.
@@ -152,4 +152,26 @@ async fn stalled_link_times_out_and_a_new_session_takes_over() {
     assert!(link.stats().sessions >= 2, "the link did not reconnect");
     assert!(rx.stats().sessions.load(Ordering::Relaxed) >= 2);
     assert!(same_files(&p, &c), "copy differs after the takeover");
+    assert_eq!(
+        log.dirty_count(),
+        0,
+        "a chunk stayed dirty after the copy caught up"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_attempts_are_bounded_when_asked() {
+    let dir = common::tempdir();
+    let p = make_disk(dir.path(), "prod", SIZE);
+    let vol = volume(&p, Mode::Sync, gens(1));
+    // A port nobody listens on.
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let mut cfg = copy_cfg("site-b", &addr);
+    cfg.reconnect_attempts_max = Some(3);
+    let (link, log) = add(&vol, cfg);
+    wait_for("the link to give up", || link.state() == LinkState::Stopped).await;
+    let why = link.stats().last_error.unwrap_or_default();
+    assert!(why.contains("gave up after 3"), "unexpected: {why}");
+    write(&vol, 0, &[1u8; 4096]).await;
+    assert!(log.dirty_count() > 0, "writes to a stopped copy stay dirty");
 }

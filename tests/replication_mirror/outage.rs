@@ -81,7 +81,7 @@ async fn link_dropped_during_its_own_resync_still_converges() {
     let vol = volume(&p, Mode::Sync, gens(1));
     let mut cfg = copy_cfg("site-b", &r.addr);
     cfg.window_bytes_max = 256 * 1024;
-    let (link, _log) = add(&vol, cfg);
+    let (link, log) = add(&vol, cfg);
     wait_for("resync under way", || link.stats().resynced_bytes > 0).await;
     let mid = link.stats();
     assert_eq!(
@@ -100,6 +100,11 @@ async fn link_dropped_during_its_own_resync_still_converges() {
         "the link did not reconnect"
     );
     assert!(link.stats().sessions >= 2);
+    assert_eq!(
+        log.dirty_count(),
+        0,
+        "a chunk stayed counted in flight after the drop"
+    );
     assert!(
         same_files(&p, &c),
         "copy differs after an interrupted resync"
