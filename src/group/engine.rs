@@ -176,8 +176,9 @@ impl<S: Replicated> Engine<S> {
         self.addr
     }
 
-    /// Founds the group with this member as its only voter. Does nothing on
-    /// a member whose state dir already holds a group.
+    /// Founds the group with this member as its only voter (patent block 72:
+    /// the first member uses its own copy of the group state). Does nothing
+    /// on a member whose state dir already holds a group.
     pub async fn bootstrap(&self) -> Result<(), EngineError> {
         let done = self
             .raft

@@ -14,6 +14,10 @@ use super::snapshot::SNAPSHOT_BYTES_MAX;
 
 /// A deterministic state machine ordered by the engine: every member applies
 /// the same commands in the same order and reaches the same state.
+///
+/// The engine publishes the state as an `Arc<Self>` after each applied
+/// batch, so a batch clones it once (copy-on-write): keep it small, as
+/// the group state is (members, sites, roles, epoch).
 pub trait Replicated:
     Clone + Default + Serialize + DeserializeOwned + Send + Sync + 'static
 {
