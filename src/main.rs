@@ -11,7 +11,12 @@ use geomirror::cmd;
 )]
 struct Cli {
     /// Log filter (tracing env-filter syntax), e.g. `info`, `geomirror=debug`.
-    #[arg(long, global = true, env = "GEOMIRROR_LOG", default_value = "info")]
+    #[arg(
+        long,
+        global = true,
+        env = "GEOMIRROR_LOG",
+        default_value = "info,openraft=warn"
+    )]
     log: String,
     #[command(subcommand)]
     command: Command,

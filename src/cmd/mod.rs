@@ -35,3 +35,12 @@ pub(crate) fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Outpu
         }
     })
 }
+
+/// Print to stdout; a closed pipe (`status | head`) is not an error.
+pub(crate) fn print_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}

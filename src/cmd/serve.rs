@@ -222,4 +222,3 @@ fn print_usage(uri: &str, name: &str) {
          \x20      dev=$(losetup -f --show /tmp/gm/nbd) && mkfs.ext4 $dev && mkdir -p /mnt/gm && mount $dev /mnt/gm"
     );
 }
-

@@ -36,12 +36,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .build()
         .context("start the runtime")?;
     let report = rt.block_on(fetch(&domain, args.member.as_deref()))?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    let text = if args.json {
+        serde_json::to_string_pretty(&report)? + "\n"
     } else {
-        print!("{}", report.to_text());
-    }
-    Ok(())
+        report.to_text()
+    };
+    super::print_stdout(&text)
 }
 
 /// The report of `member`, or of the first member that answers.

@@ -20,20 +20,13 @@ pub struct Args {
     /// (default: /var/lib/geomirror/GROUP/MEMBER).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
-    /// Disk engine: `uring` (io_uring on its own thread) or `plain` (pread/pwrite).
-    #[arg(long, default_value = "uring", value_parser = parse_engine)]
+    /// Disk engine: `uring` (io_uring on its own thread), `uring-buffered`,
+    /// `uring-direct` or `plain` (pread/pwrite).
+    #[arg(long, default_value = "uring")]
     pub engine: EngineKind,
     /// A member silent for this long is declared failed by the leader.
     #[arg(long, default_value_t = 3000)]
     pub fail_timeout_ms: u64,
-}
-
-fn parse_engine(s: &str) -> Result<EngineKind, String> {
-    match s {
-        "uring" => Ok(EngineKind::Uring),
-        "plain" => Ok(EngineKind::Plain),
-        _ => Err(format!("unknown engine {s:?} (use uring or plain)")),
-    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {

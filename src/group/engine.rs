@@ -274,6 +274,12 @@ impl<S: Replicated> Engine<S> {
         res.map_err(|e| EngineError::Raft(e.to_string()))
     }
 
+    /// Whether this member's state dir holds a group (founded or joined,
+    /// even if it has left since).
+    pub async fn is_initialized(&self) -> bool {
+        self.raft.is_initialized().await.unwrap_or(false)
+    }
+
     /// Whether this member is a voter of the group (it founded or joined it).
     pub fn is_member(&self) -> bool {
         self.is_voter(self.cfg.node_id)

@@ -109,7 +109,11 @@ impl SharedBitmap {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn with_link<R>(&self, name: &str, f: impl FnOnce(&mut ChunkSet, &mut ChunkSet) -> R) -> Option<R> {
+    fn with_link<R>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut ChunkSet, &mut ChunkSet) -> R,
+    ) -> Option<R> {
         let mut g = self.lock();
         let Inner { links, recent } = &mut *g;
         links
@@ -132,7 +136,10 @@ impl DirtyLog for LinkLog {
 
     fn mark(&self, offset: u64, len: u64) -> io::Result<()> {
         // Durable first: no I/O when the chunks are already dirty on disk.
-        self.shared.disk.mark(offset, len).map_err(io::Error::other)?;
+        self.shared
+            .disk
+            .mark(offset, len)
+            .map_err(io::Error::other)?;
         let cb = self.chunk_bytes();
         self.shared.with_link(&self.name, |set, recent| {
             for c in chunk_span(offset, len, cb) {

@@ -51,8 +51,14 @@ pub struct NodeOptions {
 const PROPOSE_TIMEOUT_S: u64 = 15;
 
 /// Run member `opts.member` until `shutdown` completes, then leave the group.
-pub async fn run(opts: NodeOptions, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
-    let domain = Arc::new(RecoveryDomain::load(&opts.config).with_context(|| format!("recovery domain {}", opts.config.display()))?);
+pub async fn run(
+    opts: NodeOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let domain = Arc::new(
+        RecoveryDomain::load(&opts.config)
+            .with_context(|| format!("recovery domain {}", opts.config.display()))?,
+    );
     let me = domain.member_id(&opts.member).ok_or_else(|| {
         let names: Vec<&str> = domain.members.iter().map(|m| m.name.as_str()).collect();
         anyhow!(
@@ -62,7 +68,10 @@ pub async fn run(opts: NodeOptions, shutdown: impl std::future::Future<Output = 
             names.join(", ")
         )
     })?;
-    let member = domain.member(me).ok_or_else(|| anyhow!("member lookup"))?.clone();
+    let member = domain
+        .member(me)
+        .ok_or_else(|| anyhow!("member lookup"))?
+        .clone();
     // Block 74: which resources can this member access? A foreign or
     // corrupt disk refuses the start before anything is joined.
     let disks = probe::accessible(&domain, me)?;
@@ -80,7 +89,10 @@ pub async fn run(opts: NodeOptions, shutdown: impl std::future::Future<Output = 
     let mut peers = BTreeMap::new();
     for (i, m) in domain.members.iter().enumerate() {
         if i as u32 != me.0 {
-            let a: SocketAddr = m.address.parse().with_context(|| format!("member {} address", m.name))?;
+            let a: SocketAddr = m
+                .address
+                .parse()
+                .with_context(|| format!("member {} address", m.name))?;
             peers.insert(MemberId(i as u32).node_id(), a);
         }
     }
@@ -88,23 +100,63 @@ pub async fn run(opts: NodeOptions, shutdown: impl std::future::Future<Output = 
         me.node_id(),
         listen,
         opts.state_dir.join("engine"),
-        domain.secret.as_bytes().to_vec(),
+        engine_key(&domain.secret),
     );
     cfg.peers = peers.clone();
     let engine = Engine::<GroupState>::start_with_incoming(cfg, routes.engine)
         .await
         .context("start the group engine")?;
-    let bootstrapped = enter_group(&engine, &peers).await?;
+    let bootstrapped = enter_group(&engine, &peers, &opts.state_dir).await?;
+    tokio::pin!(shutdown);
+    // Nothing can be decided without a leader (a majority of the voters).
+    let mut waited = Instant::now();
+    while engine.leader().is_none() {
+        if waited.elapsed() > Duration::from_secs(5) {
+            tracing::warn!("waiting for a majority of the group's voters to elect a leader");
+            waited = Instant::now();
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = &mut shutdown => {
+                let _ = engine.shutdown().await;
+                mux_task.abort();
+                return Ok(());
+            }
+        }
+    }
+    // Event::Started wants the replica caught up with the committed log.
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let m = engine.metrics();
+            if m.last_applied_index >= Some(m.last_log_index.unwrap_or(0))
+                || m.last_log_index.is_none()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
     let mut state_rx = engine.state();
     if !bootstrapped {
         // Block 72: a later member receives the group state from the others.
-        let _ = tokio::time::timeout(Duration::from_secs(10), state_rx.wait_for(|s| s.is_configured())).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(10),
+            state_rx.wait_for(|s| s.is_configured()),
+        )
+        .await;
     }
 
     let mut roles = Roles::new(me, domain.clone(), disks.clone(), opts.engine);
     let repl_task = roles.route_replication(routes.replication);
     let local = Arc::new(Mutex::new(LocalView::default()));
-    let control_task = tokio::spawn(control_loop(routes.control, domain.clone(), me, state_rx.clone(), local.clone()));
+    let control_task = tokio::spawn(control_loop(
+        routes.control,
+        domain.clone(),
+        me,
+        state_rx.clone(),
+        local.clone(),
+    ));
 
     let started = Event::Started {
         accessible: disks.keys().cloned().collect(),
@@ -113,7 +165,10 @@ pub async fn run(opts: NodeOptions, shutdown: impl std::future::Future<Output = 
     let state = state_rx.borrow_and_update().clone();
     for action in join::step(&state, me, started) {
         if let Action::Propose(cmd) = action {
-            propose(&engine, cmd, true).await?;
+            // Only a refused Join keeps this member out (wrong recovery
+            // domain, unknown resource): say why and stop.
+            let fatal = matches!(cmd, GroupCommand::Join { .. });
+            propose(&engine, cmd, fatal).await?;
         }
     }
 
@@ -121,13 +176,18 @@ pub async fn run(opts: NodeOptions, shutdown: impl std::future::Future<Output = 
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut last_report = Instant::now();
     let mut reported: BTreeMap<String, crate::group::SyncReport> = BTreeMap::new();
-    tokio::pin!(shutdown);
     let mut state_changed = true;
     loop {
         if state_changed {
             state_changed = false;
             let state = state_rx.borrow_and_update().clone();
-            let actions = join::step(&state, me, Event::Committed { running: running.clone() });
+            let actions = join::step(
+                &state,
+                me,
+                Event::Committed {
+                    running: running.clone(),
+                },
+            );
             let mut lost = Vec::new();
             for action in actions {
                 let what = format!("{action:?}");
@@ -201,9 +261,8 @@ pub async fn run(opts: NodeOptions, shutdown: impl std::future::Future<Output = 
         }
     }
     roles.stop_all().await;
-    if tokio::time::timeout(Duration::from_secs(10), engine.leave()).await.is_err() {
-        tracing::warn!("leaving the engine membership timed out");
-    }
+    // The member stays a voter of the engine: a group whose members all
+    // stopped cleanly comes back as soon as a majority of them starts again.
     let _ = engine.shutdown().await;
     control_task.abort();
     repl_task.abort();
@@ -214,17 +273,30 @@ pub async fn run(opts: NodeOptions, shutdown: impl std::future::Future<Output = 
 /// Join the engine's membership through a reachable member, or found the
 /// group when none answers (block 72: the first member uses its own copy of
 /// the group state). Returns whether this member founded it.
-async fn enter_group(engine: &Engine<GroupState>, peers: &BTreeMap<u64, SocketAddr>) -> anyhow::Result<bool> {
+async fn enter_group(
+    engine: &Engine<GroupState>,
+    peers: &BTreeMap<u64, SocketAddr>,
+    state_dir: &std::path::Path,
+) -> anyhow::Result<bool> {
     if engine.is_member() {
         return Ok(false);
     }
     let mut reachable = Vec::new();
     for addr in peers.values() {
-        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(addr)).await {
+        if let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(addr)).await
+        {
             reachable.push(*addr);
         }
     }
     if reachable.is_empty() {
+        if engine.is_initialized().await {
+            bail!(
+                "this member was removed from the group and no other member is reachable; \
+                 start another member first, or remove {} to found a new group",
+                state_dir.display()
+            );
+        }
         tracing::info!("no other member reachable: founding the group");
         engine.bootstrap().await.context("found the group")?;
         return Ok(true);
@@ -240,11 +312,28 @@ async fn enter_group(engine: &Engine<GroupState>, peers: &BTreeMap<u64, SocketAd
             }
         }
     }
-    Err(anyhow!("could not join the group through {reachable:?}: {}", last.map(|e| e.to_string()).unwrap_or_default()))
+    Err(anyhow!(
+        "could not join the group through {reachable:?}: {}",
+        last.map(|e| e.to_string()).unwrap_or_default()
+    ))
+}
+
+/// The engine's HMAC key, derived from the recovery domain's secret (any
+/// length a person chose) so the key itself is always 32 bytes.
+fn engine_key(secret: &str) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"geomirror group engine key\0");
+    h.update(secret.as_bytes());
+    h.finalize().to_vec()
 }
 
 /// Propose `cmd`; a refusal by the group is an error when `fatal`.
-async fn propose(engine: &Engine<GroupState>, cmd: GroupCommand, fatal: bool) -> anyhow::Result<()> {
+async fn propose(
+    engine: &Engine<GroupState>,
+    cmd: GroupCommand,
+    fatal: bool,
+) -> anyhow::Result<()> {
     let what = format!("{cmd:?}");
     let out = tokio::time::timeout(Duration::from_secs(PROPOSE_TIMEOUT_S), engine.propose(cmd))
         .await
@@ -273,7 +362,11 @@ async fn report_sync(
 ) {
     let periodic = last.elapsed() >= Duration::from_secs(2);
     for c in roles.copy_stats() {
-        let Some(pair) = state.mirrors.iter().find(|p| p.from == me && domain.member(p.to).is_some_and(|m| m.name == c.name)) else {
+        let Some(pair) = state
+            .mirrors
+            .iter()
+            .find(|p| p.from == me && domain.member(p.to).is_some_and(|m| m.name == c.name))
+        else {
             continue;
         };
         let rep = report::sync_report(&c);
@@ -307,7 +400,11 @@ async fn control_loop(
         let state = state.clone();
         let local = local.clone();
         tokio::spawn(async move {
-            let req = tokio::time::timeout(Duration::from_secs(5), control::read_frame::<_, control::Request>(&mut s)).await;
+            let req = tokio::time::timeout(
+                Duration::from_secs(5),
+                control::read_frame::<_, control::Request>(&mut s),
+            )
+            .await;
             let Ok(Ok(control::Request::Status)) = req else {
                 return;
             };

@@ -18,7 +18,12 @@ pub struct LocalView {
     pub copies: Vec<CopyStats>,
 }
 
-pub fn build(domain: &RecoveryDomain, me: MemberId, state: &GroupState, local: &LocalView) -> StatusReport {
+pub fn build(
+    domain: &RecoveryDomain,
+    me: MemberId,
+    state: &GroupState,
+    local: &LocalView,
+) -> StatusReport {
     let name = |id: MemberId| {
         domain
             .member(id)
@@ -50,8 +55,16 @@ pub fn build(domain: &RecoveryDomain, me: MemberId, state: &GroupState, local: &
                     GroupMemberStatus::Absent => "absent",
                 }
                 .into(),
-                subgroups: state.subgroups(id).iter().map(|r| r.as_str().to_string()).collect(),
-                hosts: state.hosted_by(id).iter().map(|r| r.as_str().to_string()).collect(),
+                subgroups: state
+                    .subgroups(id)
+                    .iter()
+                    .map(|r| r.as_str().to_string())
+                    .collect(),
+                hosts: state
+                    .hosted_by(id)
+                    .iter()
+                    .map(|r| r.as_str().to_string())
+                    .collect(),
             }
         })
         .collect();
@@ -65,7 +78,12 @@ pub fn build(domain: &RecoveryDomain, me: MemberId, state: &GroupState, local: &
             site: site.name.clone(),
             role: if i == 0 { "production" } else { "copy" }.into(),
             host: host.map(name),
-            state: if host.is_some() { "UpToDate" } else { "Unhosted" }.into(),
+            state: if host.is_some() {
+                "UpToDate"
+            } else {
+                "Unhosted"
+            }
+            .into(),
             size_bytes: size,
             resynced_bytes: 0,
             bytes_to_go: 0,

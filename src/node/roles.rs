@@ -17,7 +17,7 @@ use crate::group::join::Action;
 use crate::group::{GroupCommand, MemberId, ResourceConfig, ResourceId};
 use crate::nbd::{Export, ListenAddr, Server, ServerConfig};
 use crate::replication::{
-    CopyConfig, CopyStats, Generations as ReplGenerations, Mode, MirroredVolume, Receiver,
+    CopyConfig, CopyStats, Generations as ReplGenerations, MirroredVolume, Mode, Receiver,
     ReceiverConfig, VolumeConfig,
 };
 use crate::storage::{EngineKind, Generations, HostedDisk};
@@ -92,7 +92,9 @@ impl Roles {
                     Some(tx) => {
                         let _ = tx.try_send(s);
                     }
-                    None => tracing::debug!("replication connection while no copy is hosted: dropped"),
+                    None => {
+                        tracing::debug!("replication connection while no copy is hosted: dropped")
+                    }
                 }
             }
         })
@@ -192,7 +194,11 @@ impl Roles {
     }
 
     async fn close_disk(&mut self, resource: &ResourceId) {
-        if self.production.as_ref().is_some_and(|p| &p.resource == resource) {
+        if self
+            .production
+            .as_ref()
+            .is_some_and(|p| &p.resource == resource)
+        {
             self.stop_production().await;
         }
         self.stop_receiving(resource).await;
@@ -246,7 +252,12 @@ impl Roles {
             .ok_or_else(|| anyhow!("production volume missing"))
     }
 
-    fn start_mirroring(&mut self, resource: &ResourceId, to: MemberId, epoch: u64) -> anyhow::Result<()> {
+    fn start_mirroring(
+        &mut self,
+        resource: &ResourceId,
+        to: MemberId,
+        epoch: u64,
+    ) -> anyhow::Result<()> {
         let name = self.member_name(to);
         let addr = self
             .domain
@@ -326,9 +337,16 @@ impl Roles {
         }
     }
 
-    fn start_receiving(&mut self, resource: &ResourceId, from: MemberId, epoch: u64) -> anyhow::Result<()> {
+    fn start_receiving(
+        &mut self,
+        resource: &ResourceId,
+        from: MemberId,
+        epoch: u64,
+    ) -> anyhow::Result<()> {
         if let Some(r) = self.receiving.get(resource) {
-            r.receiver.epoch().fetch_max(epoch, std::sync::atomic::Ordering::AcqRel);
+            r.receiver
+                .epoch()
+                .fetch_max(epoch, std::sync::atomic::Ordering::AcqRel);
             return Ok(());
         }
         let disk = self.hosted(resource)?;
@@ -338,7 +356,9 @@ impl Roles {
             // A fresh (or interrupted full-sync) copy holds nothing to keep.
             generations = ReplGenerations::default();
         }
-        let device = disk.device(self.engine_kind).context("open the copy disk's engine")?;
+        let device = disk
+            .device(self.engine_kind)
+            .context("open the copy disk's engine")?;
         let cfg = ReceiverConfig::new(self.domain.secret.as_bytes(), epoch, generations);
         let (tx, rx) = mpsc::channel(8);
         let receiver = Receiver::start_streams(rx, device, cfg);
@@ -360,7 +380,10 @@ impl Roles {
                 }
             }
         });
-        *self.replication_sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
+        *self
+            .replication_sink
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
         tracing::info!(%resource, from = %self.member_name(from), epoch, "blocks 88/114: receiving mirrored writes (copy host)");
         self.receiving.insert(
             resource.clone(),
@@ -376,7 +399,10 @@ impl Roles {
     async fn stop_receiving(&mut self, resource: &ResourceId) {
         if let Some(r) = self.receiving.remove(resource) {
             {
-                let mut sink = self.replication_sink.lock().unwrap_or_else(|p| p.into_inner());
+                let mut sink = self
+                    .replication_sink
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
                 if sink.as_ref().is_some_and(|s| s.same_channel(&r.streams)) {
                     *sink = None;
                 }
@@ -407,7 +433,9 @@ impl Roles {
 
     /// Whether this member currently serves the volume.
     pub fn serving(&self) -> bool {
-        self.production.as_ref().is_some_and(|p| p.serving.is_some())
+        self.production
+            .as_ref()
+            .is_some_and(|p| p.serving.is_some())
     }
 }
 

@@ -145,7 +145,12 @@ impl Receiver {
         cfg: ReceiverConfig,
     ) -> std::io::Result<Receiver> {
         let addr = listener.local_addr()?;
-        Ok(Receiver::start_source(Source::Listener(listener), Some(addr), disk, cfg))
+        Ok(Receiver::start_source(
+            Source::Listener(listener),
+            Some(addr),
+            disk,
+            cfg,
+        ))
     }
 
     /// Serve `disk` to connections accepted by someone else (the member's
