@@ -34,6 +34,10 @@ pub enum ControlError {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Request {
     Status,
+    /// Subscribe to group events: after this frame the member sends
+    /// newline-delimited JSON event lines until either side closes
+    /// (see `crate::obs::bus`).
+    Events,
 }
 
 /// Writes one frame: length (u32 BE), crc32 of the payload (u32 BE), payload (JSON).
@@ -100,8 +104,12 @@ mod tests {
     async fn corrupt_frame_is_refused() {
         let (mut a, mut b) = tokio::io::duplex(4096);
         let payload = serde_json::to_vec(&Request::Status).expect("json");
-        a.write_all(&(payload.len() as u32).to_be_bytes()).await.expect("w");
-        a.write_all(&(crc32fast::hash(&payload) ^ 1).to_be_bytes()).await.expect("w");
+        a.write_all(&(payload.len() as u32).to_be_bytes())
+            .await
+            .expect("w");
+        a.write_all(&(crc32fast::hash(&payload) ^ 1).to_be_bytes())
+            .await
+            .expect("w");
         a.write_all(&payload).await.expect("w");
         let r: Result<Request, _> = read_frame(&mut b).await;
         assert!(matches!(r, Err(ControlError::Checksum)));
