@@ -125,6 +125,7 @@ const CATALOGUE: [(&str, Kind, Unit, &str); 15] = [
     (
         RESYNC_RATE_BYTES_PER_SECOND,
         Kind::Gauge,
+        // `metrics` has no bytes-per-second unit; the name carries it.
         Unit::Bytes,
         "Current resync rate of the copy, in bytes per second.",
     ),

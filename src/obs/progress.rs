@@ -235,6 +235,55 @@ mod tests {
         assert!(stalled.ends_with("eta unknown"), "{stalled}");
     }
 
+    /// A tracing writer that keeps what it is given.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("not poisoned").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn off_a_terminal_progress_is_logged_as_info_lines() {
+        let buf = Captured::default();
+        let w = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || w.clone())
+            .with_ansi(false)
+            .without_time()
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            // A zero interval logs every increment, so the count is exact.
+            let p = Progress::log(4 * MIB, "verify payroll-dr", Duration::ZERO);
+            for _ in 0..4 {
+                p.inc(MIB);
+            }
+            p.finish();
+        });
+        let text = String::from_utf8(buf.0.lock().expect("not poisoned").clone()).expect("utf-8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 5, "{text}");
+        assert!(lines.iter().all(|l| l.contains("INFO")), "{text}");
+        assert!(
+            lines[0].contains("verify payroll-dr: 25.0% (1.0 MiB of 4.0 MiB) at "),
+            "{text}"
+        );
+        assert!(
+            lines[4].contains("100.0%") && lines[4].contains("done in"),
+            "{text}"
+        );
+        assert!(
+            !text.contains('\x1b'),
+            "no terminal codes off a terminal: {text}"
+        );
+    }
+
     #[test]
     fn log_lines_come_at_most_once_per_interval() {
         let t0 = Instant::now();
