@@ -488,7 +488,7 @@ async fn subscribers_are_bounded() {
     let held: Vec<_> = (0..SUBSCRIBERS_MAX)
         .map(|_| bus.subscribe().expect("under the cap"))
         .collect();
-    let over = bus.subscribe().err().expect("over the cap");
+    let over = bus.subscribe().expect_err("over the cap");
     assert!(
         matches!(over, ObsError::TooManySubscribers(SUBSCRIBERS_MAX)),
         "{over}"
@@ -505,7 +505,7 @@ async fn corrupt_or_overlong_lines_are_refused() {
         .expect("write");
     drop(w);
     let mut out = Vec::new();
-    let err = copy_event_lines(r, &mut out).await.err().expect("refused");
+    let err = copy_event_lines(r, &mut out).await.expect_err("refused");
     assert!(matches!(err, ObsError::BadEventLine(_)), "{err}");
     assert_eq!(
         out.iter().filter(|&&b| b == b'\n').count(),
@@ -519,8 +519,7 @@ async fn corrupt_or_overlong_lines_are_refused() {
     });
     let err = copy_event_lines(r, &mut Vec::new())
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert!(
         matches!(err, ObsError::EventLineTooLong(EVENT_LINE_BYTES_MAX)),
         "{err}"
@@ -533,7 +532,137 @@ async fn unreachable_member_is_a_clear_error() {
     let port = common::free_port();
     let err = follow_events(&format!("127.0.0.1:{port}"), &mut Vec::new())
         .await
-        .err()
-        .expect("nobody listens");
+        .expect_err("nobody listens");
     assert!(matches!(err, ObsError::Io(_)), "{err}");
+}
+
+/// What a subscriber knows after folding the events it received.
+#[derive(Debug, Default, PartialEq)]
+struct Picture {
+    joined: std::collections::BTreeSet<String>,
+    hosts: std::collections::BTreeMap<String, String>,
+    pairs: std::collections::BTreeSet<(String, String, String, u64)>,
+    copy_states: std::collections::BTreeMap<String, CopyState>,
+}
+
+impl Picture {
+    fn fold(&mut self, event: &Event) {
+        match event.clone() {
+            Event::Join { member, .. } => {
+                assert!(self.joined.insert(member), "joined twice: {event:?}");
+            }
+            Event::Leave { member } | Event::Fail { member } => {
+                assert!(self.joined.remove(&member), "not joined: {event:?}");
+            }
+            Event::HostChange {
+                resource, from, to, ..
+            } => {
+                assert_eq!(self.hosts.get(&resource), from.as_ref(), "{event:?}");
+                match to {
+                    Some(to) => self.hosts.insert(resource, to),
+                    None => self.hosts.remove(&resource),
+                };
+            }
+            Event::MirroringStart {
+                resource,
+                from,
+                to,
+                epoch,
+            } => {
+                self.copy_states
+                    .insert(resource.clone(), CopyState::Unknown);
+                assert!(self.pairs.insert((resource, from, to, epoch)), "{event:?}");
+            }
+            Event::MirroringStop {
+                resource,
+                from,
+                to,
+                epoch,
+            } => {
+                self.copy_states.remove(&resource);
+                assert!(self.pairs.remove(&(resource, from, to, epoch)), "{event:?}");
+            }
+            Event::SyncState {
+                resource,
+                old,
+                state,
+                ..
+            } => {
+                assert_eq!(self.copy_states.get(&resource), Some(&old), "{event:?}");
+                self.copy_states.insert(resource, state);
+            }
+            _ => {}
+        }
+    }
+
+    fn of(state: &GroupState) -> Picture {
+        let name = |m: MemberId| state.domain.members[m.index()].name.clone();
+        Picture {
+            joined: state
+                .domain
+                .member_ids()
+                .filter(|&m| state.is_joined(m))
+                .map(name)
+                .collect(),
+            hosts: state
+                .domain
+                .sites
+                .iter()
+                .zip(&state.resources)
+                .filter_map(|(s, r)| r.host.map(|h| (s.resource.to_string(), name(h))))
+                .collect(),
+            pairs: state
+                .mirrors
+                .iter()
+                .map(|p| (p.resource.to_string(), name(p.from), name(p.to), p.epoch))
+                .collect(),
+            copy_states: state
+                .mirrors
+                .iter()
+                .map(|p| (p.resource.to_string(), p.sync.state))
+                .collect(),
+        }
+    }
+}
+
+proptest::proptest! {
+    /// Folding the events of every step rebuilds the state's members, hosts,
+    /// pairs and copy states: no change goes unreported, none is invented.
+    #[test]
+    fn events_of_every_step_rebuild_the_state(ops in proptest::collection::vec((0u8..4, 0u32..4, 0usize..4), 1..40)) {
+        let t = Two::new();
+        let states = [CopyState::Resyncing, CopyState::UpToDate, CopyState::SplitBrain, CopyState::Failed];
+        let mut state = t.empty.clone();
+        let mut picture = Picture::default();
+        for (op, member, k) in ops {
+            let m = MemberId(member);
+            let cmd = match op {
+                0 => GroupCommand::Join {
+                    member: m,
+                    subgroups: vec![res(if member < 2 { "payroll-prod" } else { "payroll-dr" })],
+                    fingerprint: state.domain.fingerprint,
+                },
+                1 => GroupCommand::Leave { member: m },
+                2 => GroupCommand::Fail { member: m },
+                _ => match state.mirrors.first() {
+                    Some(p) => GroupCommand::SyncProgress {
+                        member: p.from,
+                        resource: p.resource.clone(),
+                        epoch: p.epoch,
+                        report: SyncReport { state: states[k], ..SyncReport::default() },
+                    },
+                    None => continue,
+                },
+            };
+            let mut next = state.clone();
+            if next.apply(&cmd).is_err() {
+                continue;
+            }
+            for e in diff_events(&state, &next) {
+                picture.fold(&e);
+            }
+            proptest::prop_assert_eq!(&picture, &Picture::of(&next));
+            state = next;
+        }
+    }
 }

@@ -16,6 +16,20 @@
 //! - [`progress`]: a bar on a terminal, throttled log lines elsewhere.
 //! - [`watch`]: redraw a report in place every interval.
 //! - [`error`]: the errors of this layer.
+//!
+//! # Wiring in the member daemon
+//!
+//! - At start, with the member's `metrics = "HOST:PORT"`: [`Metrics::install`];
+//!   give each NBD connection task [`MetricsHandle::nbd_connection`] and
+//!   [`MetricsHandle::writes`], each sender and resync task
+//!   [`MetricsHandle::copy`] (labelled by the copy resource id).
+//! - After each applied group command: [`MetricsHandle::record_state`], and
+//!   [`EventBus::publish_all`] of [`diff_events`] between the state before
+//!   and after.
+//! - On a control connection carrying `Request::Events`: subscribe, take
+//!   [`snapshot_events`] of the current state (after subscribing, so nothing
+//!   falls between), then [`serve_events`]. The `events` command runs
+//!   [`follow_events`]; `status --watch` runs [`watch`] around its fetch.
 
 pub mod bus;
 pub mod error;
