@@ -178,9 +178,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_carry_the_prefix_and_a_unit_or_total_suffix() {
-        for name in all() {
+    fn names_carry_the_prefix_counters_end_in_total_and_buckets_ascend() {
+        for (name, kind, _, _) in CATALOGUE {
             assert!(name.starts_with("geomirror_"), "{name}");
+            assert_eq!(
+                matches!(kind, Kind::Counter),
+                name.ends_with("_total"),
+                "{name}"
+            );
         }
         assert!(WRITE_LATENCY_BUCKETS_SECONDS
             .windows(2)
