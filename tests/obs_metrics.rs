@@ -38,7 +38,9 @@ fn parse(text: &str) -> (Vec<Sample>, BTreeMap<String, String>) {
         let (series, value) = line.rsplit_once(' ').expect("series value");
         let value = match value {
             "+Inf" => f64::INFINITY,
-            v => v.parse().unwrap_or_else(|e| panic!("value in {line:?}: {e}")),
+            v => v
+                .parse()
+                .unwrap_or_else(|e| panic!("value in {line:?}: {e}")),
         };
         let (name, labels) = match series.split_once('{') {
             None => (series, BTreeMap::new()),
@@ -69,7 +71,11 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
     let found: Vec<&Sample> = samples
         .iter()
         .filter(|s| s.name == name)
-        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+        .filter(|s| {
+            labels
+                .iter()
+                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
         .collect();
     assert_eq!(found.len(), 1, "{name} {labels:?}: {found:?}");
     found[0].value
@@ -78,14 +84,22 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
 /// `GET /metrics` over a plain TCP connection; returns the body.
 fn scrape(addr: SocketAddr) -> String {
     let mut s = TcpStream::connect(addr).expect("connect to the metrics endpoint");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("send");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).expect("read the response");
     let raw = String::from_utf8(raw).expect("utf-8 response");
     let (head, body) = raw.split_once("\r\n\r\n").expect("headers end");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_owned()
@@ -120,7 +134,9 @@ fn runtime() -> tokio::runtime::Runtime {
 #[test]
 fn scraped_metrics_carry_names_labels_values_and_buckets() {
     let rt = runtime();
-    let m = rt.block_on(async { Metrics::serve(loopback()) }).expect("serve");
+    let m = rt
+        .block_on(async { Metrics::serve(loopback()) })
+        .expect("serve");
     let writes = m.writes();
     for _ in 0..3 {
         writes.record(4096, Duration::from_micros(300));
@@ -147,7 +163,10 @@ fn scraped_metrics_carry_names_labels_values_and_buckets() {
     let (s, help) = parse(&body);
     assert_eq!(value(&s, "geomirror_writes_total", &[]), 4.0);
     assert_eq!(value(&s, "geomirror_write_errors_total", &[]), 1.0);
-    assert_eq!(value(&s, "geomirror_write_bytes_total", &[]), (3 * 4096 + 65536) as f64);
+    assert_eq!(
+        value(&s, "geomirror_write_bytes_total", &[]),
+        (3 * 4096 + 65536) as f64
+    );
     assert_eq!(value(&s, "geomirror_nbd_connections", &[]), 2.0);
     assert_eq!(value(&s, "geomirror_epoch", &[]), 7.0);
     assert_eq!(value(&s, "geomirror_quorum", &[]), 1.0);
@@ -161,10 +180,25 @@ fn scraped_metrics_carry_names_labels_values_and_buckets() {
     let dr = [("copy", "payroll-dr")];
     assert_eq!(value(&s, "geomirror_replication_lag_bytes", &dr), 8192.0);
     assert_eq!(value(&s, "geomirror_replication_lag_seconds", &dr), 1.5);
-    assert_eq!(value(&s, "geomirror_resync_bytes_total", &dr), (2 << 20) as f64);
-    assert_eq!(value(&s, "geomirror_resync_remaining_bytes", &dr), (3 << 20) as f64);
-    assert_eq!(value(&s, "geomirror_resync_rate_bytes_per_second", &dr), 50e6);
-    let state = |st| value(&s, "geomirror_copy_state", &[("copy", "payroll-dr"), ("state", st)]);
+    assert_eq!(
+        value(&s, "geomirror_resync_bytes_total", &dr),
+        (2 << 20) as f64
+    );
+    assert_eq!(
+        value(&s, "geomirror_resync_remaining_bytes", &dr),
+        (3 << 20) as f64
+    );
+    assert_eq!(
+        value(&s, "geomirror_resync_rate_bytes_per_second", &dr),
+        50e6
+    );
+    let state = |st| {
+        value(
+            &s,
+            "geomirror_copy_state",
+            &[("copy", "payroll-dr"), ("state", st)],
+        )
+    };
     assert_eq!(state("Resyncing"), 1.0);
     assert_eq!(state("UpToDate"), 0.0);
 
@@ -192,12 +226,18 @@ fn scraped_metrics_carry_names_labels_values_and_buckets() {
 #[test]
 fn install_sets_the_process_recorder_once() {
     let rt = runtime();
-    let m = rt.block_on(async { Metrics::install(loopback()) }).expect("install");
+    let m = rt
+        .block_on(async { Metrics::install(loopback()) })
+        .expect("install");
     metrics::counter!("geomirror_test_events_total").increment(5);
     let (s, _) = parse(&scrape(m.listen_addr()));
     assert_eq!(value(&s, "geomirror_test_events_total", &[]), 5.0);
     let again = rt.block_on(async { Metrics::install(loopback()) });
-    assert!(matches!(again, Err(ObsError::AlreadyInstalled)), "{:?}", again.err());
+    assert!(
+        matches!(again, Err(ObsError::AlreadyInstalled)),
+        "{:?}",
+        again.err()
+    );
     // The first endpoint is unaffected.
     assert!(scrape(m.listen_addr()).contains("geomirror_test_events_total 5"));
 }
@@ -220,11 +260,16 @@ fn busy_address_is_a_clear_error_and_no_runtime_is_refused() {
 #[test]
 fn dropping_the_last_handle_closes_the_endpoint() {
     let rt = runtime();
-    let m = rt.block_on(async { Metrics::serve(loopback()) }).expect("serve");
+    let m = rt
+        .block_on(async { Metrics::serve(loopback()) })
+        .expect("serve");
     let addr = m.listen_addr();
     let clone = m.clone();
     drop(m);
-    assert!(scrape(addr).contains("geomirror_epoch"), "a clone keeps it open");
+    assert!(
+        scrape(addr).contains("geomirror_epoch"),
+        "a clone keeps it open"
+    );
     drop(clone);
     common::wait_until("the endpoint to close", Duration::from_secs(10), || {
         TcpStream::connect(addr).is_err()
@@ -237,7 +282,9 @@ fn res(s: &str) -> ResourceId {
 
 fn with_handle(f: impl FnOnce(&MetricsHandle)) -> Vec<Sample> {
     let rt = runtime();
-    let m = rt.block_on(async { Metrics::serve(loopback()) }).expect("serve");
+    let m = rt
+        .block_on(async { Metrics::serve(loopback()) })
+        .expect("serve");
     f(&m);
     parse(&scrape(m.listen_addr())).0
 }
@@ -285,7 +332,13 @@ fn group_state_sets_epoch_members_roles_and_copies() {
 
     // Seen from the copy host, the same state gives it the copy role.
     let samples = with_handle(|m| m.record_state(&s, b1));
-    let role = |r, role| value(&samples, "geomirror_role", &[("resource", r), ("role", role)]);
+    let role = |r, role| {
+        value(
+            &samples,
+            "geomirror_role",
+            &[("resource", r), ("role", role)],
+        )
+    };
     assert_eq!(role("payroll-dr", "copy"), 1.0);
     assert_eq!(role("payroll-prod", "none"), 1.0);
 }
@@ -326,9 +379,25 @@ fn status_report_sets_quorum_rates_and_lag() {
     assert_eq!(v("geomirror_epoch", &[]), 4.0);
     assert_eq!(v("geomirror_quorum", &[]), 0.0);
     assert_eq!(v("geomirror_member_up", &[("member", "b1")]), 1.0);
-    assert_eq!(v("geomirror_role", &[("resource", "payroll-dr"), ("role", "copy")]), 1.0);
+    assert_eq!(
+        v(
+            "geomirror_role",
+            &[("resource", "payroll-dr"), ("role", "copy")]
+        ),
+        1.0
+    );
     let dr = [("copy", "payroll-dr")];
     assert_eq!(v("geomirror_replication_lag_bytes", &dr), 12288.0);
-    assert_eq!(v("geomirror_replication_lag_seconds", &dr), 0.0, "NaN age counts as none");
-    assert_eq!(v("geomirror_copy_state", &[("copy", "payroll-dr"), ("state", "Lagging")]), 1.0);
+    assert_eq!(
+        v("geomirror_replication_lag_seconds", &dr),
+        0.0,
+        "NaN age counts as none"
+    );
+    assert_eq!(
+        v(
+            "geomirror_copy_state",
+            &[("copy", "payroll-dr"), ("state", "Lagging")]
+        ),
+        1.0
+    );
 }
