@@ -330,6 +330,20 @@ fn group_state_sets_epoch_members_roles_and_copies() {
     let dr = [("copy", "payroll-dr")];
     assert_eq!(v("geomirror_resync_remaining_bytes", &dr), (7 << 20) as f64);
 
+    // When the copy host fails, the pair is gone and so is its resync figure.
+    let mut failed = s.clone();
+    failed
+        .apply(&GroupCommand::Fail { member: b1 })
+        .expect("fail");
+    let samples = with_handle(|m| {
+        m.record_state(&s, a1);
+        m.record_state(&failed, a1);
+    });
+    let v = |name, labels: &[(&str, &str)]| value(&samples, name, labels);
+    assert_eq!(v("geomirror_member_up", &[("member", "b1")]), 0.0);
+    assert_eq!(v("geomirror_resync_remaining_bytes", &dr), 0.0);
+    assert_eq!(v("geomirror_copy_state", &copy), 0.0);
+
     // Seen from the copy host, the same state gives it the copy role.
     let samples = with_handle(|m| m.record_state(&s, b1));
     let role = |r, role| {

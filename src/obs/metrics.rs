@@ -358,6 +358,16 @@ impl CopyMetrics {
         self.resync_rate.set(rate_bytes_per_s);
     }
 
+    /// No mirroring pair serves this copy: lag, remaining and rate go to 0
+    /// and no state is current, so a dashboard does not show a stale resync.
+    pub fn clear(&self) {
+        self.set_lag(0, Duration::ZERO);
+        self.set_resync(0, 0.0);
+        for g in self.state.iter() {
+            g.set(0.0);
+        }
+    }
+
     /// Sets `geomirror_copy_state{copy, state}`: 1 for `state`, 0 for the others.
     pub fn set_state(&self, state: CopyState) {
         for (g, (s, _)) in self.state.iter().zip(COPY_STATES) {

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 impl MetricsHandle {
     /// Epoch, members up, the roles `me` holds and every copy's state,
-    /// resync remaining and lag, from the replicated group state.
+    /// resync remaining and lag, from the replicated group state. A copy
+    /// without a mirroring pair is cleared (see [`super::CopyMetrics::clear`]).
     pub fn record_state(&self, state: &GroupState, me: MemberId) {
         self.set_epoch(state.epoch);
         for (id, spec) in state.domain.member_ids().zip(&state.domain.members) {
@@ -24,6 +25,11 @@ impl MetricsHandle {
                 Role::None
             };
             self.set_role(site.resource.as_str(), role);
+        }
+        for site in state.domain.sites.iter().skip(1) {
+            if !state.mirrors.iter().any(|p| p.resource == site.resource) {
+                self.copy(site.resource.as_str()).clear();
+            }
         }
         for pair in &state.mirrors {
             let copy = self.copy(pair.resource.as_str());
