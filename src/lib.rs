@@ -28,6 +28,7 @@ pub mod config;
 pub mod group;
 pub mod nbd;
 pub mod node;
+pub mod obs;
 pub mod replication;
 pub mod storage;
 pub mod units;

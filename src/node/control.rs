@@ -34,6 +34,10 @@ pub enum ControlError {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Request {
     Status,
+    /// Subscribe to group events: after this frame the member sends
+    /// newline-delimited JSON event lines until either side closes
+    /// (see `crate::obs::bus`).
+    Events,
 }
 
 /// Writes one frame: length (u32 BE), crc32 of the payload (u32 BE), payload (JSON).
