@@ -10,7 +10,7 @@ use anyhow::Context;
 
 use crate::nbd::{Export, ListenAddr, Server, ServerConfig};
 use crate::storage::{
-    check_range, plain::PlainEngine, BlockDevice, Completion, Extent, IoBuf, Reply, Request,
+    self, check_range, BlockDevice, Completion, EngineKind, Extent, IoBuf, Reply, Request,
     StorageError,
 };
 use crate::units::{format_size, parse_size};
@@ -57,6 +57,10 @@ pub struct Args {
     /// Time a client has to finish the NBD handshake.
     #[arg(long, default_value_t = 10_000)]
     pub handshake_timeout_ms: u64,
+    /// Disk engine: `uring` (io_uring on its own thread; O_DIRECT for large
+    /// aligned requests), `uring-buffered`, `uring-direct` or `plain`.
+    #[arg(long, default_value = "uring")]
+    pub engine: EngineKind,
 }
 
 /// The state directory of the no-argument demo.
@@ -73,6 +77,7 @@ pub fn open_disk(
     path: &Path,
     create: Option<u64>,
     read_only: bool,
+    engine: EngineKind,
 ) -> anyhow::Result<Arc<dyn BlockDevice>> {
     let file = match OpenOptions::new().read(true).write(!read_only).open(path) {
         Ok(f) => f,
@@ -97,7 +102,7 @@ pub fn open_disk(
         "disk {} is empty (use --create SIZE for a new file)",
         path.display()
     );
-    Ok(Arc::new(PlainEngine::new(file, size)))
+    Ok(storage::open_engine(file, size, engine)?)
 }
 
 /// A device with no storage, for measuring the protocol alone: completes
@@ -160,7 +165,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let device: Arc<dyn BlockDevice> = match args.null {
         Some(size) => Arc::new(NullDevice { size }),
-        None => open_disk(&disk, create, args.read_only)?,
+        None => open_disk(&disk, create, args.read_only, args.engine)?,
     };
     let export = Export {
         name: args.name.clone(),
