@@ -181,6 +181,8 @@ fn fio(uri: &str, extra: &[&str]) -> String {
         "--do_verify=1",
         "--verify_fatal=1",
         "--group_reporting",
+        // fio saves verify state files in its working directory.
+        "--verify_state_save=0",
     ]);
     c.args(extra);
     let out = run_ok(&mut c);
