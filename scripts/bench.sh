@@ -5,7 +5,12 @@
 # usage: scripts/bench.sh [PEER ...]      default peers: nbdkit-file qemu-nbd-direct
 # env:   RUNTIME=10 REPEAT=2 WORKLOADS=... (passed to fio-matrix.sh)
 #        SHARED=../shared  DATADIR=/var/tmp/bench-data  RESULTS=/tmp/nbd-bench/<stamp>
-#        TARGETS="serve"   which geomirror set-ups to measure (serve)
+#        TARGETS="serve mirror"   which geomirror set-ups to measure:
+#          serve    geomirror serve on the image (no mirroring)
+#          mirror   a local group: production member + copy member + witness,
+#                   sync mode, copy disk on this machine over loopback TCP; the
+#                   initial full sync is timed and reported as full_sync_MBps
+#          mirror2  the same with two copy sites
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -13,12 +18,16 @@ SHARED=${SHARED:-$ROOT/../shared}
 BENCH=$SHARED/bench
 DATADIR=${DATADIR:-/var/tmp/bench-data}
 export RESULTS=${RESULTS:-/tmp/nbd-bench/$(date +%Y%m%d-%H%M%S)}
-TARGETS=${TARGETS:-serve}
+TARGETS=${TARGETS:-serve mirror}
 PEERS=("$@"); ((${#PEERS[@]})) || PEERS=(nbdkit-file qemu-nbd-direct)
 mkdir -p "$RESULTS" "$DATADIR"
 RUN=$(mktemp -d /tmp/gmbench.XXXXXX)
 PID=
-cleanup() { [[ -n $PID ]] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null; rm -rf "$RUN"; }
+cleanup() {
+  [[ -n $PID ]] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null
+  stop_group 2>/dev/null
+  rm -rf "$RUN"
+}
 trap cleanup EXIT
 
 cargo build --release --locked --quiet
@@ -28,6 +37,59 @@ img=$DATADIR/geomirror.raw
 if [[ ! -f $img || $(stat -c %s "$img") != 1073741824 ]]; then
   dd if=/dev/zero of="$img" bs=1M count=1024 oflag=direct conv=fsync status=none
 fi
+
+# A local group for the mirror targets: one production member, COPIES copy
+# members, one witness; disks of 1 GiB of data in $DATADIR.
+GPIDS=()
+start_group() {
+  local copies=$1 base=$((17400 + RANDOM % 1000)) i
+  local cfg=$RUN/group.toml
+  {
+    echo 'group = "bench"'; echo 'mode = "sync"'; echo 'secret = "bench-secret"'
+    echo '[[site]]'; echo 'name = "prod"'; echo 'resource = "bench-prod"'
+    for i in $(seq 1 "$copies"); do echo '[[site]]'; echo "name = \"dr$i\""; echo "resource = \"bench-dr$i\""; done
+    echo '[[member]]'; echo 'name = "p1"'; echo "address = \"127.0.0.1:$base\""
+    echo "disks = [\"$DATADIR/gm-prod.img\"]"; echo "nbd = \"unix:$RUN/prod.sock\""
+    for i in $(seq 1 "$copies"); do
+      echo '[[member]]'; echo "name = \"c$i\""; echo "address = \"127.0.0.1:$((base + i))\""
+      echo "disks = [\"$DATADIR/gm-dr$i.img\"]"
+    done
+    echo '[[member]]'; echo 'name = "w1"'; echo "address = \"127.0.0.1:$((base + 9))\""
+  } >"$cfg"
+  local meta=$((1 << 20))   # room for the label and bitmap beyond 1 GiB of data
+  rm -f "$DATADIR"/gm-prod.img "$DATADIR"/gm-dr*.img
+  "$BIN" format --group bench --resource bench-prod --size $((1073741824 + meta)) "$DATADIR/gm-prod.img" >/dev/null
+  dd if=/dev/zero of="$DATADIR/gm-prod.img" bs=1M count=1024 oflag=direct conv=fsync,notrunc status=none
+  for i in $(seq 1 "$copies"); do
+    "$BIN" format --group bench --resource "bench-dr$i" --size $((1073741824 + meta)) "$DATADIR/gm-dr$i.img" >/dev/null
+  done
+  GPIDS=()
+  local m
+  for m in p1 w1 $(seq -f "c%g" 1 "$copies"); do
+    "$BIN" up --config "$cfg" --member "$m" --state-dir "$RUN/state-$m" >"$RESULTS/geomirror-$t-$m.log" 2>&1 &
+    GPIDS+=($!)
+    sleep 1
+  done
+  # Wait for every copy to be UpToDate: the initial full sync, timed.
+  local t0; t0=$(date +%s.%N)
+  for _ in $(seq 600); do
+    if "$BIN" status --config "$cfg" --json 2>/dev/null | python3 -c '
+import json,sys
+r=json.load(sys.stdin)
+c=[x for x in r["resources"] if x["role"]=="copy"]
+sys.exit(0 if c and all(x["state"]=="UpToDate" and x["host"] for x in c) else 1)'; then break; fi
+    sleep 0.5
+  done
+  local secs; secs=$(python3 -c "import time; print(f'{time.time() - $t0:.2f}')")
+  local rate; rate=$(python3 -c "print(f'{1024 / max($secs, 0.01):.0f}')")
+  echo "$t: full sync of 1 GiB to $copies cop(ies): ${secs} s, ~${rate} MiB/s (status polled every 0.5 s)" | tee -a "$RESULTS/full-sync.txt"
+}
+stop_group() {
+  local p
+  for p in "${GPIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${GPIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  GPIDS=()
+}
 
 for t in $TARGETS; do
   sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
@@ -39,6 +101,11 @@ for t in $TARGETS; do
       for _ in $(seq 100); do nbdinfo --size "nbd+unix:///?socket=$sock" >/dev/null 2>&1 && break; sleep 0.1; done
       SERVER_PIDS=$PID "$BENCH/fio-matrix.sh" "nbd+unix:///?socket=$sock" geomirror-serve
       kill "$PID"; wait "$PID" || true; PID= ;;
+    mirror|mirror2)
+      copies=1; [[ $t == mirror2 ]] && copies=2
+      start_group "$copies"
+      SERVER_PIDS="${GPIDS[*]}" "$BENCH/fio-matrix.sh" "nbd+unix:///bench?socket=$RUN/prod.sock" "geomirror-$t"
+      stop_group ;;
     *) echo "unknown target $t" >&2; exit 2 ;;
   esac
 done
