@@ -29,6 +29,8 @@ enum Command {
     Attach(cmd::attach::Args),
     /// Disconnect a kernel NBD device attached by `attach`.
     Detach(cmd::detach::Args),
+    /// Measure write throughput and latency of NBD exports, mirrored against unmirrored.
+    Bench(cmd::bench::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -40,6 +42,7 @@ fn main() -> std::process::ExitCode {
         Command::Label(a) => cmd::label::run(a),
         Command::Attach(a) => cmd::attach::run(a),
         Command::Detach(a) => cmd::detach::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
