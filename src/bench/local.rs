@@ -91,7 +91,8 @@ impl LocalSetup {
             let child = self.children.last_mut().expect("pushed just above");
             if let Ok(Some(status)) = child.try_wait() {
                 let text = std::fs::read_to_string(log).unwrap_or_default();
-                let tail: String = text.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
+                let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+                let tail = lines[lines.len().saturating_sub(4)..].join(" | ");
                 return Err(BenchError::Local(format!(
                     "`geomirror {}` exited ({status}): {tail}",
                     args.join(" ")
