@@ -388,3 +388,35 @@ fn local_builtin_run_measures_a_spawned_serve() {
     assert_eq!(rows[0]["target"], "unmirrored");
     assert!(rows[0]["verified_blocks"].as_u64().unwrap_or(0) > 0);
 }
+
+#[test]
+fn silent_server_times_out_instead_of_hanging() {
+    // A socket that accepts but never sends the NBD greeting.
+    let dir = common::tempdir();
+    let sock = dir.path().join("silent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+    let held = std::thread::spawn(move || {
+        let conn = listener.accept();
+        std::thread::sleep(Duration::from_secs(3));
+        drop(conn);
+    });
+    let out = bench(&[
+        "--uri",
+        &format!("unix:{}", sock.display()),
+        "--label",
+        "silent",
+        "--engine",
+        "builtin",
+        "--runtime-s",
+        "1",
+        "--connect-timeout-ms",
+        "300",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("silent") && err.contains("no NBD handshake within 300 ms"),
+        "{err}"
+    );
+    held.join().expect("listener thread");
+}

@@ -7,7 +7,7 @@ use std::fmt::Write;
 const PANEL_W: f64 = 640.0;
 const PANEL_H: f64 = 260.0;
 const MARGIN_L: f64 = 60.0;
-const MARGIN_R: f64 = 20.0;
+const MARGIN_R: f64 = 40.0;
 const MARGIN_T: f64 = 40.0;
 const MARGIN_B: f64 = 50.0;
 /// Line colours, cycled per target.
