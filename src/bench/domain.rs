@@ -47,7 +47,7 @@ pub fn production_candidates(domain: &RecoveryDomain) -> Vec<Target> {
     domain
         .members
         .iter()
-        .filter(|m| m.site.as_ref().is_none_or(|s| s == prod))
+        .filter(|m| !m.is_witness() && m.site.as_ref().is_none_or(|s| s == prod))
         .filter_map(|m| {
             let endpoint = match m.nbd.as_ref()? {
                 config::NbdAddress::Unix(p) => Endpoint::Unix(p.clone()),
@@ -64,4 +64,51 @@ pub fn production_candidates(domain: &RecoveryDomain) -> Vec<Target> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOMAIN: &str = r#"
+group = "g"
+mode = "sync"
+secret = "s"
+[[site]]
+name = "prod"
+resource = "g-prod"
+[[site]]
+name = "dr"
+resource = "g-dr"
+[[member]]
+name = "a1"
+address = "127.0.0.1:7401"
+disks = ["/d/prod.img"]
+nbd = "unix:/run/a1.sock"
+[[member]]
+name = "b1"
+address = "127.0.0.1:7402"
+disks = ["/d/dr.img"]
+site = "dr"
+nbd = "tcp:127.0.0.1:10810"
+[[member]]
+name = "a2"
+address = "127.0.0.1:7403"
+disks = ["/d/prod.img"]
+site = "prod"
+nbd = "127.0.0.1:10811"
+[[member]]
+name = "w1"
+address = "127.0.0.1:7404"
+"#;
+
+    #[test]
+    fn candidates_are_production_members_with_nbd_in_backup_order() {
+        let d = RecoveryDomain::from_toml_str(DOMAIN).expect("valid domain");
+        let c = production_candidates(&d);
+        let names: Vec<&str> = c.iter().map(|t| t.label.as_str()).collect();
+        assert_eq!(names, ["a1", "a2"]);
+        assert_eq!(c[0].uri(), "nbd+unix:///?socket=/run/a1.sock");
+        assert_eq!(c[1].uri(), "nbd://127.0.0.1:10811/");
+    }
 }

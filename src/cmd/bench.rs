@@ -23,7 +23,7 @@ pub struct Args {
     #[arg(long)]
     pub uri: Vec<String>,
     /// Name of the target given by the `--uri` in the same position.
-    #[arg(long)]
+    #[arg(long, requires = "uri")]
     pub label: Vec<String>,
     /// Workload to run; repeat for several [default: all three].
     #[arg(long, value_enum)]
