@@ -58,6 +58,25 @@ fn ok_json(out: &Output) -> Value {
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{stdout}"))
 }
 
+/// The fsync workload reports its flush latency too, ordered; others none.
+fn assert_flush_latency(r: &Value) {
+    let f = &r["flush_us"];
+    if r["workload"] == "randwrite4k-fsync" {
+        let v: Vec<f64> = f
+            .as_array()
+            .unwrap_or_else(|| panic!("no flush latency: {r}"))
+            .iter()
+            .filter_map(Value::as_f64)
+            .collect();
+        assert!(
+            v.len() == 3 && v[0] > 0.0 && v[0] <= v[1] && v[1] <= v[2],
+            "{r}"
+        );
+    } else {
+        assert!(f.is_null(), "{r}");
+    }
+}
+
 /// Every row has positive IOPS and bytes, and p50 ≤ p99 ≤ p99.9.
 fn assert_rows_sane(report: &Value, rows_expected: usize) -> Vec<Value> {
     let rows = report["rows"].as_array().expect("rows array").clone();
@@ -73,6 +92,7 @@ fn assert_rows_sane(report: &Value, rows_expected: usize) -> Vec<Value> {
         assert!(f("p50_us") > 0.0, "{r}");
         assert!(f("p50_us") <= f("p99_us"), "{r}");
         assert!(f("p99_us") <= f("p99_9_us"), "{r}");
+        assert_flush_latency(r);
     }
     rows
 }

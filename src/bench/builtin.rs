@@ -23,6 +23,7 @@ pub const DRAIN_TIMEOUT_MS: u64 = 30_000;
 /// how many times it wrote it (0: never).
 struct WorkerResult {
     hist: Histogram,
+    flush_hist: Histogram,
     ios: u64,
     generations: Vec<u32>,
 }
@@ -102,9 +103,11 @@ pub fn run(client: NbdClient, label: &str, spec: &RunSpec) -> Result<Measurement
     };
     client.flush().map_err(io_err)?;
     let mut hist = Histogram::default();
+    let mut flush_hist = Histogram::default();
     let mut ios = 0;
     for r in results.iter().flatten() {
         hist.merge(&r.hist);
+        flush_hist.merge(&r.flush_hist);
         ios += r.ios;
     }
     let verified_blocks = verify(&client, label, spec, &results)?;
@@ -127,6 +130,8 @@ pub fn run(client: NbdClient, label: &str, spec: &RunSpec) -> Result<Measurement
             .map(|&p| (p, us(hist.percentile(p))))
             .collect(),
         verified_blocks,
+        flush_us: (flush_hist.count() > 0)
+            .then(|| [50.0, 99.0, 99.9].map(|p| us(flush_hist.percentile(p)))),
     })
 }
 
@@ -154,6 +159,7 @@ fn worker(
     let stripe = stripe_len(w, spec.size_bytes / bs, depth);
     let mut generations = vec![0u32; stripe as usize];
     let mut hist = Histogram::default();
+    let mut flush_hist = Histogram::default();
     let mut rng = Rng::new(0x9e37_79b9 ^ (w << 32) ^ spec.runtime_s);
     let mut buf = vec![0u8; bs as usize];
     let mut next = 0u64;
@@ -174,12 +180,15 @@ fn worker(
         hist.record(t0.elapsed().as_nanos() as u64);
         generations[k as usize] = gen;
         if spec.workload.fsync() {
+            let t1 = Instant::now();
             client.flush()?;
+            flush_hist.record(t1.elapsed().as_nanos() as u64);
         }
         ios += 1;
     }
     Ok(WorkerResult {
         hist,
+        flush_hist,
         ios,
         generations,
     })

@@ -172,7 +172,15 @@ pub fn parse_report(text: &str, iodepth: u32) -> Result<Measurement, String> {
             .map(|&p| pct(p).map(|us| (p, us)))
             .collect::<Result<_, _>>()?,
         verified_blocks: 0,
+        flush_us: flush_percentiles(job),
     })
+}
+
+/// Percentiles of fio's `sync` section (present with `--fsync`), in µs.
+fn flush_percentiles(job: &Value) -> Option<[f64; 3]> {
+    let pcts = job.get("sync")?.get("lat_ns")?.get("percentile")?;
+    let at = |p: f64| pcts.get(format!("{p:.6}")).and_then(Value::as_f64);
+    Some([at(50.0)? / 1000.0, at(99.0)? / 1000.0, at(99.9)? / 1000.0])
 }
 
 #[cfg(test)]
@@ -203,6 +211,17 @@ mod tests {
         assert!((m.p99_9_us - 9.99).abs() < 1e-9);
         assert!(m.p50_us <= m.p99_us && m.p99_us <= m.p99_9_us);
         assert_eq!(m.cdf_us.len(), CDF_PERCENTILES.len());
+        assert_eq!(m.flush_us, None);
+    }
+
+    #[test]
+    fn fsync_report_gives_flush_percentiles() {
+        let text = report(&all_percentiles()).replace(
+            "\"error\":0,",
+            r#""error":0,"sync":{"lat_ns":{"percentile":{"50.000000":2000,"99.000000":9000,"99.900000":12000}}},"#,
+        );
+        let m = parse_report(&text, 1).expect("valid report");
+        assert_eq!(m.flush_us, Some([2.0, 9.0, 12.0]));
     }
 
     #[test]

@@ -141,8 +141,11 @@ pub fn run(
                 Engine::Fio => fio::run(t, &spec)?,
                 _ => builtin::run(t.connect(opts.connect_timeout_ms)?, &t.describe(), &spec)?,
             };
+            let flush = m.flush_us.map_or(String::new(), |[p50, p99, _]| {
+                format!("; flush p50 {p50:.1} µs, p99 {p99:.1} µs")
+            });
             progress(&format!(
-                "bench: {} {} ({}, QD{}, {} s): {:.1} MB/s, {:.0} IOPS, p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs",
+                "bench: {} {} ({}, QD{}, {} s): {:.1} MB/s, {:.0} IOPS, p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs{flush}",
                 t.label, w, m.engine, m.iodepth, spec.runtime_s, m.mb_per_s, m.iops, m.p50_us, m.p99_us, m.p99_9_us
             ));
             report.push(&t.label, &t.uri(), w, m);

@@ -155,6 +155,7 @@ mod tests {
             mean_us: 20.0,
             cdf_us: vec![(50.0, 10.0), (99.0, 100.0)],
             verified_blocks: 0,
+            flush_us: None,
         };
         let mut r = Report::default();
         r.push("a<b", "u", Workload::RandWrite4k, m.clone());

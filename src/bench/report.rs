@@ -152,6 +152,7 @@ mod tests {
             mean_us: 1.0,
             cdf_us: vec![],
             verified_blocks: 0,
+            flush_us: None,
         }
     }
 

@@ -113,4 +113,7 @@ pub struct Measurement {
     pub cdf_us: Vec<(f64, f64)>,
     /// Blocks read back and compared after the run (builtin engine only).
     pub verified_blocks: u64,
+    /// Flush latency (p50, p99, p99.9 µs) of the fsync workload: what a
+    /// commit waits for on top of its write.
+    pub flush_us: Option<[f64; 3]>,
 }
