@@ -31,10 +31,11 @@ fn nbdkit(dir: &Path, name: &str, plugin_args: &[&str]) -> (Proc, PathBuf) {
     (p, sock)
 }
 
-fn bench(args: &[&str]) -> Output {
+/// Runs `geomirror bench` with `args` (split at spaces: test paths have none).
+fn bench(args: &str) -> Output {
     Command::new(common::bin())
         .arg("bench")
-        .args(args)
+        .args(args.split_whitespace())
         .env(
             "PATH",
             format!(
@@ -109,17 +110,10 @@ fn builtin_run_reports_ordered_percentiles_and_written_data_reads_back() {
         .expect("create image");
     let (_srv, sock) = nbdkit(dir.path(), "file", &["file", img.to_str().expect("utf-8")]);
     let uri = format!("unix:{}", sock.display());
-    let out = bench(&[
-        "--uri",
-        &uri,
-        "--engine",
-        "builtin",
-        "--runtime-s",
-        "1",
-        "--size",
-        "16M",
-        "--json",
-    ]);
+    let out = bench(&format!(
+        "--uri {} --engine builtin --runtime-s 1 --size 16M --json",
+        uri
+    ));
     let rows = assert_rows_sane(&ok_json(&out), 3);
     for r in &rows {
         assert_eq!(r["engine"], "builtin");
@@ -152,21 +146,10 @@ fn fio_run_reports_ordered_percentiles() {
     let dir = common::tempdir();
     let (_srv, sock) = nbdkit(dir.path(), "mem", &["memory", "64M"]);
     let uri = format!("nbd+unix:///?socket={}", sock.display());
-    let out = bench(&[
-        "--uri",
-        &uri,
-        "--engine",
-        "fio",
-        "--runtime-s",
-        "1",
-        "--size",
-        "16M",
-        "--json",
-        "--workload",
-        "randwrite4k",
-        "--workload",
-        "randwrite4k-fsync",
-    ]);
+    let out = bench(&format!(
+        "--uri {uri} --engine fio --runtime-s 1 --size 16M --json \
+         --workload randwrite4k --workload randwrite4k-fsync"
+    ));
     let rows = assert_rows_sane(&ok_json(&out), 2);
     assert!(rows.iter().all(|r| r["engine"] == "fio"));
     assert_eq!(rows[1]["workload"], "randwrite4k-fsync");
@@ -182,28 +165,13 @@ fn two_targets_get_ratio_columns_and_one_plot_series_each() {
     let (_a, sa) = nbdkit(dir.path(), "a", &["memory", "32M"]);
     let (_b, sb) = nbdkit(dir.path(), "b", &["memory", "32M"]);
     let svg = dir.path().join("lat.svg");
-    let out = bench(&[
-        "--uri",
-        &format!("unix:{}", sa.display()),
-        "--label",
-        "unmirrored",
-        "--uri",
-        &format!("unix:{}", sb.display()),
-        "--label",
-        "mirrored",
-        "--engine",
-        "builtin",
-        "--runtime-s",
-        "1",
-        "--size",
-        "8M",
-        "--workload",
-        "randwrite4k",
-        "--iodepth",
-        "4",
-        "--plot",
-        svg.to_str().expect("utf-8"),
-    ]);
+    let out = bench(&format!(
+        "--uri unix:{} --label unmirrored --uri unix:{} --label mirrored \
+         --engine builtin --runtime-s 1 --size 8M --workload randwrite4k --iodepth 4 --plot {}",
+        sa.display(),
+        sb.display(),
+        svg.display()
+    ));
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -245,16 +213,10 @@ fn unreachable_target_fails_naming_it() {
         (format!("unix:{}", ghost.display()), "ghost"),
         (format!("127.0.0.1:{port}"), "closed-port"),
     ] {
-        let out = bench(&[
-            "--uri",
-            &uri,
-            "--label",
-            label,
-            "--engine",
-            "builtin",
-            "--runtime-s",
-            "1",
-        ]);
+        let out = bench(&format!(
+            "--uri {} --label {} --engine builtin --runtime-s 1",
+            uri, label
+        ));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "succeeded against {uri}");
         assert!(err.contains(label) && err.contains("cannot reach"), "{err}");
@@ -268,16 +230,10 @@ fn read_only_export_is_refused() {
     }
     let dir = common::tempdir();
     let (_srv, sock) = nbdkit(dir.path(), "ro", &["-r", "memory", "16M"]);
-    let out = bench(&[
-        "--uri",
-        &format!("unix:{}", sock.display()),
-        "--label",
-        "ro-export",
-        "--engine",
-        "builtin",
-        "--runtime-s",
-        "1",
-    ]);
+    let out = bench(&format!(
+        "--uri unix:{} --label ro-export --engine builtin --runtime-s 1",
+        sock.display()
+    ));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -295,7 +251,7 @@ fn out_of_bounds_options_are_refused_before_connecting() {
         ("--size", "4K", "--size"),
         ("--size", "lots", "size"),
     ] {
-        let out = bench(&["--uri", "unix:/nonexistent.sock", flag, value]);
+        let out = bench(&format!("--uri unix:/nonexistent.sock {} {}", flag, value));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{flag} {value} accepted");
         assert!(
@@ -348,27 +304,19 @@ disks = ["/var/lib/geomirror/dr.img"]
     )
     .expect("write config");
     let cfg_s = cfg.to_str().expect("utf-8");
-    let out = bench(&[
-        "--config",
-        cfg_s,
-        "--engine",
-        "builtin",
-        "--runtime-s",
-        "1",
-        "--size",
-        "8M",
-        "--workload",
-        "randwrite4k",
-        "--iodepth",
-        "2",
-        "--json",
-    ]);
+    let out = bench(&format!(
+        "--config {cfg_s} --engine builtin --runtime-s 1 --size 8M \
+         --workload randwrite4k --iodepth 2 --json"
+    ));
     let rows = assert_rows_sane(&ok_json(&out), 1);
     assert_eq!(rows[0]["target"], "a2", "{:?}", rows[0]);
 
     // With every production member down, the error lists each one tried.
     drop(_srv);
-    let out = bench(&["--config", cfg_s, "--engine", "builtin", "--runtime-s", "1"]);
+    let out = bench(&format!(
+        "--config {} --engine builtin --runtime-s 1",
+        cfg_s
+    ));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("no production member answered"), "{err}");
@@ -390,20 +338,10 @@ fn local_builtin_run_measures_a_spawned_serve() {
         );
         return;
     }
-    let out = bench(&[
-        "--local",
-        "--engine",
-        "builtin",
-        "--runtime-s",
-        "1",
-        "--size",
-        "16M",
-        "--workload",
-        "randwrite4k",
-        "--iodepth",
-        "4",
-        "--json",
-    ]);
+    let out = bench(
+        "--local --engine builtin --runtime-s 1 --size 16M \
+         --workload randwrite4k --iodepth 4 --json",
+    );
     let rows = assert_rows_sane(&ok_json(&out), 1);
     assert_eq!(rows[0]["target"], "unmirrored");
     assert!(rows[0]["verified_blocks"].as_u64().unwrap_or(0) > 0);
@@ -420,18 +358,10 @@ fn silent_server_times_out_instead_of_hanging() {
         std::thread::sleep(Duration::from_secs(3));
         drop(conn);
     });
-    let out = bench(&[
-        "--uri",
-        &format!("unix:{}", sock.display()),
-        "--label",
-        "silent",
-        "--engine",
-        "builtin",
-        "--runtime-s",
-        "1",
-        "--connect-timeout-ms",
-        "300",
-    ]);
+    let out = bench(&format!(
+        "--uri unix:{} --label silent --engine builtin --runtime-s 1 --connect-timeout-ms 300",
+        sock.display()
+    ));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
