@@ -311,6 +311,21 @@ disks = ["/var/lib/geomirror/dr.img"]
     let rows = assert_rows_sane(&ok_json(&out), 1);
     assert_eq!(rows[0]["target"], "a2", "{:?}", rows[0]);
 
+    // Given a baseline export too, the group's export comes after it, so
+    // its ratios are against the baseline.
+    let (_base, base) = nbdkit(dir.path(), "base", &["memory", "16M"]);
+    let out = bench(&format!(
+        "--uri unix:{} --label base --config {cfg_s} --engine builtin --runtime-s 1 \
+         --size 8M --workload randwrite4k --iodepth 2 --json",
+        base.display()
+    ));
+    let rows = assert_rows_sane(&ok_json(&out), 2);
+    assert_eq!(
+        (&rows[0]["target"], &rows[1]["target"]),
+        (&"base".into(), &"a2".into())
+    );
+    assert_eq!(rows[0]["iops_ratio"], 1.0);
+
     // With every production member down, the error lists each one tried.
     drop(_srv);
     let out = bench(&format!(

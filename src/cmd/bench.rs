@@ -8,14 +8,15 @@ use std::path::PathBuf;
 
 /// Arguments of `geomirror bench`.
 #[derive(clap::Args, Debug)]
-#[command(group = clap::ArgGroup::new("targets").required(true).args(["config", "local", "uri"]))]
+#[command(group = clap::ArgGroup::new("targets").required(true).multiple(true).args(["config", "local", "uri"]))]
 pub struct Args {
-    /// Recovery-domain file: measures the production member's NBD export.
-    #[arg(long, conflicts_with_all = ["local", "uri"])]
+    /// Recovery-domain file: measures the production member's NBD export
+    /// (after any `--local` or `--uri` targets, so those are the baseline).
+    #[arg(long)]
     pub config: Option<PathBuf>,
     /// Start a throwaway local set-up (unmirrored `geomirror serve` on a
-    /// temporary disk) and measure it.
-    #[arg(long, conflicts_with = "uri")]
+    /// temporary disk) and measure it first, as the baseline.
+    #[arg(long)]
     pub local: bool,
     /// An NBD export to measure (`nbd://HOST[:PORT]/NAME`,
     /// `nbd+unix:///NAME?socket=PATH`, `unix:PATH`, `HOST:PORT`); repeat to
@@ -65,17 +66,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         connect_timeout_ms: args.connect_timeout_ms,
     };
     opts.check()?;
-    // Kept alive until the runs are over; dropping it stops the servers.
+    // Targets in comparison order: the local baseline, the given exports,
+    // then the group's production export. The local set-up is kept alive
+    // until the runs are over; dropping it stops its servers.
+    let mut targets = Vec::new();
     let mut _local: Option<LocalSetup> = None;
-    let targets = if let Some(path) = &args.config {
-        domain::resolve_targets(path, args.connect_timeout_ms)?
-    } else if args.local {
-        let (setup, targets) = LocalSetup::start(args.size)?;
+    if args.local {
+        let (setup, local) = LocalSetup::start(args.size)?;
         _local = Some(setup);
-        targets
-    } else {
-        target::from_uris(&args.uri, &args.label)?
-    };
+        targets.extend(local);
+    }
+    targets.extend(target::from_uris(&args.uri, &args.label)?);
+    if let Some(path) = &args.config {
+        targets.extend(domain::resolve_targets(path, args.connect_timeout_ms)?);
+    }
     let report = bench::run(&targets, &opts, |line| eprintln!("{line}"))?;
     if args.json {
         println!(
