@@ -69,6 +69,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // Targets in comparison order: the local baseline, the given exports,
     // then the group's production export. The local set-up is kept alive
     // until the runs are over; dropping it stops its servers.
+    // Bad addresses are refused before any server is started.
+    let given = target::from_uris(&args.uri, &args.label)?;
     let mut targets = Vec::new();
     let mut _local: Option<LocalSetup> = None;
     if args.local {
@@ -76,7 +78,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         _local = Some(setup);
         targets.extend(local);
     }
-    targets.extend(target::from_uris(&args.uri, &args.label)?);
+    targets.extend(given);
     if let Some(path) = &args.config {
         targets.extend(domain::resolve_targets(path, args.connect_timeout_ms)?);
     }
