@@ -385,3 +385,24 @@ fn silent_server_times_out_instead_of_hanging() {
     );
     held.join().expect("listener thread");
 }
+
+#[test]
+fn verify_pass_catches_an_export_that_drops_writes() {
+    if !common::require(&["nbdkit"]) {
+        return;
+    }
+    // nbdkit's null plugin acknowledges writes and reads back zeroes.
+    let dir = common::tempdir();
+    let (_srv, sock) = nbdkit(dir.path(), "null", &["null", "16M"]);
+    let out = bench(&format!(
+        "--uri unix:{} --label sink --engine builtin --runtime-s 1 --size 8M \
+         --workload randwrite4k --iodepth 2",
+        sock.display()
+    ));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a sink passed verification");
+    assert!(
+        err.contains("sink") && err.contains("verify failed"),
+        "{err}"
+    );
+}
