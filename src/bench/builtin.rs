@@ -4,7 +4,7 @@
 
 use super::error::BenchError;
 use super::histogram::Histogram;
-use super::pattern::{fill_block, Rng};
+use super::pattern::{Pattern, Rng};
 use super::workload::{Measurement, RunSpec, CDF_PERCENTILES};
 use crate::attach::NbdClient;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,6 +56,7 @@ pub fn run(client: NbdClient, label: &str, spec: &RunSpec) -> Result<Measurement
             ),
         });
     }
+    let pattern = Arc::new(Pattern::new(bs as usize, 0x6765_6f6d ^ spec.runtime_s));
     let client = Arc::new(client);
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel();
@@ -63,10 +64,11 @@ pub fn run(client: NbdClient, label: &str, spec: &RunSpec) -> Result<Measurement
     let end = start + Duration::from_secs(spec.runtime_s);
     for w in 0..depth {
         let (client, stop, tx, spec) = (Arc::clone(&client), Arc::clone(&stop), tx.clone(), *spec);
+        let pattern = Arc::clone(&pattern);
         std::thread::Builder::new()
             .name(format!("bench-w{w}"))
             .spawn(move || {
-                let r = worker(&client, &spec, w, end, &stop);
+                let r = worker(&client, &pattern, &spec, w, end, &stop);
                 if r.is_err() {
                     stop.store(true, Ordering::Relaxed);
                 }
@@ -110,7 +112,7 @@ pub fn run(client: NbdClient, label: &str, spec: &RunSpec) -> Result<Measurement
         flush_hist.merge(&r.flush_hist);
         ios += r.ios;
     }
-    let verified_blocks = verify(&client, label, spec, &results)?;
+    let verified_blocks = verify(&client, &pattern, label, spec, &results)?;
     let us = |ns: u64| ns as f64 / 1000.0;
     let bytes = ios * bs;
     Ok(Measurement {
@@ -149,6 +151,7 @@ fn stripe_len(w: u64, blocks: u64, depth: u64) -> u64 {
 
 fn worker(
     client: &NbdClient,
+    pattern: &Pattern,
     spec: &RunSpec,
     w: u64,
     end: Instant,
@@ -161,7 +164,7 @@ fn worker(
     let mut hist = Histogram::default();
     let mut flush_hist = Histogram::default();
     let mut rng = Rng::new(0x9e37_79b9 ^ (w << 32) ^ spec.runtime_s);
-    let mut buf = vec![0u8; bs as usize];
+    let mut buf = pattern.buffer();
     let mut next = 0u64;
     let mut ios = 0;
     while Instant::now() < end && !stop.load(Ordering::Relaxed) {
@@ -174,7 +177,7 @@ fn worker(
         };
         let gen = generations[k as usize].wrapping_add(1).max(1);
         let offset = block_of(w, k, depth) * bs;
-        fill_block(&mut buf, offset, gen);
+        pattern.stamp(&mut buf, offset, gen);
         let t0 = Instant::now();
         client.write(offset, &buf, false)?;
         hist.record(t0.elapsed().as_nanos() as u64);
@@ -198,6 +201,7 @@ fn worker(
 /// all workers, and compares them with what was last written there.
 fn verify(
     client: &NbdClient,
+    pattern: &Pattern,
     label: &str,
     spec: &RunSpec,
     results: &[Option<WorkerResult>],
@@ -218,7 +222,6 @@ fn verify(
         .collect();
     let budget = (VERIFY_BYTES_MAX / bs).max(1) as usize;
     let step = written.len().div_ceil(budget).max(1);
-    let mut expect = vec![0u8; bs as usize];
     let mut checked = 0;
     for &(block, gen) in written.iter().step_by(step) {
         let offset = block * bs;
@@ -228,8 +231,7 @@ fn verify(
                 target: label.to_string(),
                 cause,
             })?;
-        fill_block(&mut expect, offset, gen);
-        if got != expect {
+        if got != pattern.expected(offset, gen) {
             return Err(BenchError::Verify {
                 target: label.to_string(),
                 offset,
