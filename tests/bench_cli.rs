@@ -248,6 +248,7 @@ fn out_of_bounds_options_are_refused_before_connecting() {
         ("--iodepth", "0", "--iodepth"),
         ("--iodepth", "100000", "--iodepth"),
         ("--runtime-s", "0", "--runtime-s"),
+        ("--io-timeout-ms", "0", "--io-timeout-ms"),
         ("--size", "4K", "--size"),
         ("--size", "lots", "size"),
     ] {
@@ -403,6 +404,31 @@ fn verify_pass_catches_an_export_that_drops_writes() {
     assert!(!out.status.success(), "a sink passed verification");
     assert!(
         err.contains("sink") && err.contains("verify failed"),
+        "{err}"
+    );
+}
+
+#[test]
+fn stalled_server_fails_after_the_io_timeout_instead_of_hanging() {
+    if !common::require(&["nbdkit"]) {
+        return;
+    }
+    // Every write takes 20 s: far past the run and its I/O timeout.
+    let dir = common::tempdir();
+    let (_srv, sock) = nbdkit(
+        dir.path(),
+        "slow",
+        &["--filter=delay", "memory", "16M", "wdelay=20"],
+    );
+    let out = bench(&format!(
+        "--uri unix:{} --label slow --engine builtin --runtime-s 1 --size 8M \
+         --workload randwrite4k --iodepth 2 --io-timeout-ms 500",
+        sock.display()
+    ));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("slow") && err.contains("unanswered 500 ms after"),
         "{err}"
     );
 }

@@ -15,9 +15,6 @@ use std::time::{Duration, Instant};
 pub const BLOCKS_MAX: u64 = 1 << 24;
 /// Most bytes the verify pass reads back.
 pub const VERIFY_BYTES_MAX: u64 = 64 << 20;
-/// How long past the run's end the workers may take to finish; past that
-/// the server is declared stalled.
-pub const DRAIN_TIMEOUT_MS: u64 = 30_000;
 
 /// What one worker hands back: its latencies and, per block of its stripe,
 /// how many times it wrote it (0: never).
@@ -78,7 +75,7 @@ pub fn run(client: NbdClient, label: &str, spec: &RunSpec) -> Result<Measurement
     }
     drop(tx);
     let mut results: Vec<Option<WorkerResult>> = (0..depth).map(|_| None).collect();
-    let deadline = end + Duration::from_millis(DRAIN_TIMEOUT_MS);
+    let deadline = end + Duration::from_millis(spec.io_timeout_ms);
     for _ in 0..depth {
         let wait = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(wait) {
@@ -93,7 +90,7 @@ pub fn run(client: NbdClient, label: &str, spec: &RunSpec) -> Result<Measurement
                 stop.store(true, Ordering::Relaxed);
                 return Err(BenchError::Stalled {
                     target: label.to_string(),
-                    timeout_ms: DRAIN_TIMEOUT_MS,
+                    timeout_ms: spec.io_timeout_ms,
                 });
             }
         }

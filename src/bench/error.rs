@@ -27,7 +27,7 @@ pub enum BenchError {
     Io { target: String, cause: AttachError },
 
     /// Requests stopped completing: the run is abandoned instead of hanging.
-    #[error("target {target}: no progress for {timeout_ms} ms, the server stopped answering")]
+    #[error("target {target}: requests still unanswered {timeout_ms} ms after the run ended (--io-timeout-ms); the server stopped answering")]
     Stalled { target: String, timeout_ms: u64 },
 
     /// Reading back a written block gave other bytes than were written.

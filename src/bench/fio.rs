@@ -9,8 +9,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// How long fio may run past `--runtime-s` (start-up, connect, drain).
-pub const FIO_GRACE_MS: u64 = 60_000;
+/// How long fio may take to start and connect, on top of its runtime and
+/// the I/O timeout.
+pub const FIO_STARTUP_MS: u64 = 10_000;
 /// Largest fio report we read.
 pub const REPORT_BYTES_MAX: u64 = 16 << 20;
 
@@ -72,8 +73,9 @@ pub fn run(target: &Target, spec: &RunSpec) -> Result<Measurement, BenchError> {
         .stderr(log_err)
         .spawn()
         .map_err(|e| fail(format!("spawn: {e}")))?;
-    let deadline =
-        Instant::now() + Duration::from_secs(spec.runtime_s) + Duration::from_millis(FIO_GRACE_MS);
+    let deadline = Instant::now()
+        + Duration::from_secs(spec.runtime_s)
+        + Duration::from_millis(FIO_STARTUP_MS + spec.io_timeout_ms);
     let status = loop {
         match child.try_wait() {
             Ok(Some(st)) => break st,
@@ -81,9 +83,10 @@ pub fn run(target: &Target, spec: &RunSpec) -> Result<Measurement, BenchError> {
                 let _ = child.kill();
                 let _ = child.wait();
                 cleanup(&out, &log);
-                return Err(fail(format!(
-                    "still running {FIO_GRACE_MS} ms after its runtime; killed"
-                )));
+                return Err(BenchError::Stalled {
+                    target: label.clone(),
+                    timeout_ms: spec.io_timeout_ms,
+                });
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(50)),
             Err(e) => return Err(fail(format!("wait: {e}"))),

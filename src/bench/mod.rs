@@ -33,6 +33,10 @@ pub const TARGETS_MAX: usize = 16;
 pub const RUNTIME_S_MAX: u64 = 3600;
 /// Most requests in flight: the NBD client's own bound.
 pub const IODEPTH_MAX: u32 = crate::attach::pipeline::INFLIGHT_MAX as u32;
+/// Default of `--io-timeout-ms`.
+pub const IO_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// Longest `--io-timeout-ms`: the NBD client gives up on a request by then.
+pub const IO_TIMEOUT_MS_MAX: u64 = crate::attach::pipeline::REQUEST_TIMEOUT_MS;
 
 /// Which load generator drives the exports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -68,6 +72,8 @@ pub struct Options {
     pub size_bytes: u64,
     pub engine: Engine,
     pub connect_timeout_ms: u64,
+    /// See [`RunSpec::io_timeout_ms`].
+    pub io_timeout_ms: u64,
 }
 
 impl Options {
@@ -82,6 +88,9 @@ impl Options {
         }
         if let Some(d) = self.iodepth.filter(|d| !(1..=IODEPTH_MAX).contains(d)) {
             return usage(format!("--iodepth {d}: must be 1..={IODEPTH_MAX}"));
+        }
+        if !(1..=IO_TIMEOUT_MS_MAX).contains(&self.io_timeout_ms) {
+            return usage(format!("--io-timeout-ms must be 1..={IO_TIMEOUT_MS_MAX}"));
         }
         if self.size_bytes < 1 << 20 {
             return usage("--size must be at least 1M".into());
@@ -136,6 +145,7 @@ pub fn run(
                 iodepth: opts.iodepth.unwrap_or(w.default_iodepth()),
                 runtime_s: opts.runtime_s,
                 size_bytes,
+                io_timeout_ms: opts.io_timeout_ms,
             };
             let m = match engine {
                 Engine::Fio => fio::run(t, &spec)?,

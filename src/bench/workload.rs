@@ -80,6 +80,9 @@ pub struct RunSpec {
     pub runtime_s: u64,
     /// Bytes of the export the writes are spread over (from offset 0).
     pub size_bytes: u64,
+    /// How long past the end of the run requests may take to complete
+    /// before the target is declared stalled.
+    pub io_timeout_ms: u64,
 }
 
 /// Percentiles every run reports, and the points of the plotted CDF.

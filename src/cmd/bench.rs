@@ -50,6 +50,10 @@ pub struct Args {
     /// Time allowed to connect and finish the NBD handshake.
     #[arg(long, default_value_t = target::CONNECT_TIMEOUT_MS_DEFAULT)]
     pub connect_timeout_ms: u64,
+    /// Time requests may take to complete after a run ends before the target
+    /// is declared stalled (and the benchmark fails instead of hanging).
+    #[arg(long, default_value_t = bench::IO_TIMEOUT_MS_DEFAULT)]
+    pub io_timeout_ms: u64,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -64,6 +68,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         size_bytes: args.size,
         engine: args.engine,
         connect_timeout_ms: args.connect_timeout_ms,
+        io_timeout_ms: args.io_timeout_ms,
     };
     opts.check()?;
     // Targets in comparison order: the local baseline, the given exports,
