@@ -31,7 +31,7 @@ pub fn run(client: NbdClient, label: &str, spec: &RunSpec) -> Result<Measurement
     let blocks = spec.size_bytes / bs;
     let depth = u64::from(spec.iodepth);
     if blocks < depth {
-        return Err(BenchError::TooSmall {
+        return Err(BenchError::BadSize {
             target: label.to_string(),
             reason: format!(
                 "{} bytes hold {blocks} blocks of {bs}: fewer than iodepth {depth}",
@@ -40,7 +40,7 @@ pub fn run(client: NbdClient, label: &str, spec: &RunSpec) -> Result<Measurement
         });
     }
     if blocks > BLOCKS_MAX {
-        return Err(BenchError::TooSmall {
+        return Err(BenchError::BadSize {
             target: label.to_string(),
             reason: format!("--size gives {blocks} blocks, more than {BLOCKS_MAX}"),
         });

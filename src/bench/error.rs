@@ -18,9 +18,10 @@ pub enum BenchError {
     #[error("target {target}: the export is read-only; a write benchmark needs a writable export")]
     ReadOnly { target: String },
 
-    /// The export (or `--size`) is too small for the workload's blocks.
+    /// The export or `--size` does not fit the workload: too small for its
+    /// blocks and queue depth, or more blocks than a run tracks.
     #[error("target {target}: {reason}")]
-    TooSmall { target: String, reason: String },
+    BadSize { target: String, reason: String },
 
     /// A request failed while the load ran.
     #[error("target {target}: NBD request failed: {cause}")]

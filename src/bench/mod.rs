@@ -123,7 +123,7 @@ pub fn run(
     // Whole 1 MiB blocks, so the sequential workload fits too.
     size_bytes &= !((1u64 << 20) - 1);
     if size_bytes == 0 {
-        return Err(BenchError::TooSmall {
+        return Err(BenchError::BadSize {
             target: targets[0].describe(),
             reason: "an export is smaller than 1 MiB".into(),
         });
