@@ -100,12 +100,8 @@ mod tests {
     async fn corrupt_frame_is_refused() {
         let (mut a, mut b) = tokio::io::duplex(4096);
         let payload = serde_json::to_vec(&Request::Status).expect("json");
-        a.write_all(&(payload.len() as u32).to_be_bytes())
-            .await
-            .expect("w");
-        a.write_all(&(crc32fast::hash(&payload) ^ 1).to_be_bytes())
-            .await
-            .expect("w");
+        a.write_all(&(payload.len() as u32).to_be_bytes()).await.expect("w");
+        a.write_all(&(crc32fast::hash(&payload) ^ 1).to_be_bytes()).await.expect("w");
         a.write_all(&payload).await.expect("w");
         let r: Result<Request, _> = read_frame(&mut b).await;
         assert!(matches!(r, Err(ControlError::Checksum)));

@@ -94,10 +94,7 @@ impl StatusReport {
                 dash_if_empty(&m.hosts.join(","))
             );
         }
-        let _ = writeln!(
-            s,
-            "\nRESOURCE         SITE     ROLE        HOST     STATE         SYNC"
-        );
+        let _ = writeln!(s, "\nRESOURCE         SITE     ROLE        HOST     STATE         SYNC");
         for r in &self.resources {
             let _ = writeln!(
                 s,
