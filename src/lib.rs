@@ -23,6 +23,7 @@
 //! engine glue; `node` is where I/O meets the engines.
 
 pub mod attach;
+pub mod bench;
 pub mod cmd;
 pub mod config;
 pub mod group;

@@ -38,6 +38,8 @@ enum Command {
     Up(cmd::up::Args),
     /// Show how the group stands, as one running member sees it.
     Status(cmd::status::Args),
+    /// Measure write throughput and latency of NBD exports, mirrored against unmirrored.
+    Bench(cmd::bench::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -51,6 +53,7 @@ fn main() -> std::process::ExitCode {
         Command::Detach(a) => cmd::detach::run(a),
         Command::Up(a) => cmd::up::run(a),
         Command::Status(a) => cmd::status::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
