@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 /// How long a spawned server may take to listen.
 pub const START_TIMEOUT_MS: u64 = 10_000;
+/// How long the local group may take to form and fully sync its copy.
+pub const SYNC_TIMEOUT_MS: u64 = 180_000;
 
 /// Running local servers and their temporary directory.
 pub struct LocalSetup {
@@ -19,8 +21,8 @@ pub struct LocalSetup {
 
 impl LocalSetup {
     /// Starts every local target, in the order they are compared: the
-    /// unmirrored baseline first. A mirrored local group is one more spawn
-    /// function returning a [`Target`], pushed after the baseline.
+    /// unmirrored baseline (`serve` on a plain file), then the mirrored
+    /// group (sync mode, one copy over loopback).
     pub fn start(size_bytes: u64) -> Result<(LocalSetup, Vec<Target>), BenchError> {
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -35,7 +37,122 @@ impl LocalSetup {
             children: Vec::new(),
         };
         let baseline = setup.spawn_unmirrored(size_bytes)?;
-        Ok((setup, vec![baseline]))
+        let mirrored = setup.spawn_mirrored(size_bytes)?;
+        Ok((setup, vec![baseline, mirrored]))
+    }
+
+    /// A local group in sync mode: production member `p1`, copy member
+    /// `c1` (its disk on this machine, reached over loopback TCP) and a
+    /// witness `w1`; returns once the copy's initial full sync is done, so
+    /// the measurement sees mirroring, not the sync.
+    fn spawn_mirrored(&mut self, size_bytes: u64) -> Result<Target, BenchError> {
+        let exe = std::env::current_exe()
+            .map_err(|e| BenchError::Local(format!("find this executable: {e}")))?;
+        let port = || -> Result<u16, BenchError> {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .map_err(|e| BenchError::Local(format!("pick a free port: {e}")))
+        };
+        let (prod, copy) = (self.dir.join("prod.img"), self.dir.join("copy.img"));
+        let sock = self.dir.join("mirrored.sock");
+        let cfg = self.dir.join("group.toml");
+        let text = format!(
+            "group = \"bench\"\nmode = \"sync\"\nsecret = \"bench-local-secret\"\n\
+             [[site]]\nname = \"prod\"\nresource = \"bench-prod\"\n\
+             [[site]]\nname = \"dr\"\nresource = \"bench-dr\"\n\
+             [[member]]\nname = \"p1\"\naddress = \"127.0.0.1:{}\"\ndisks = [{:?}]\nnbd = \"unix:{}\"\n\
+             [[member]]\nname = \"c1\"\naddress = \"127.0.0.1:{}\"\ndisks = [{:?}]\n\
+             [[member]]\nname = \"w1\"\naddress = \"127.0.0.1:{}\"\n",
+            port()?,
+            path_str(&prod)?,
+            path_str(&sock)?,
+            port()?,
+            path_str(&copy)?,
+            port()?,
+        );
+        std::fs::write(&cfg, text)
+            .map_err(|e| BenchError::Local(format!("write {}: {e}", cfg.display())))?;
+        // Room beyond the data area for the label and the dirty bitmap.
+        let disk_bytes = (size_bytes + (1 << 20)).to_string();
+        for (disk, resource) in [(&prod, "bench-prod"), (&copy, "bench-dr")] {
+            let out = Command::new(&exe)
+                .args([
+                    "format",
+                    "--group",
+                    "bench",
+                    "--resource",
+                    resource,
+                    "--size",
+                ])
+                .arg(&disk_bytes)
+                .arg(disk)
+                .output()
+                .map_err(|e| BenchError::Local(format!("run format: {e}")))?;
+            if !out.status.success() {
+                return Err(BenchError::Local(format!(
+                    "format {}: {}",
+                    disk.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+        }
+        let cfg_s = path_str(&cfg)?.to_string();
+        for member in ["p1", "c1", "w1"] {
+            let state = self.dir.join(format!("state-{member}"));
+            let log = self.dir.join(format!("{member}.log"));
+            let args = [
+                "up",
+                "--config",
+                &cfg_s,
+                "--member",
+                member,
+                "--state-dir",
+                path_str(&state)?,
+            ];
+            self.spawn_child(&args, &log)?;
+            // Members join one after the other; the first founds the group.
+            std::thread::sleep(Duration::from_millis(700));
+        }
+        self.wait_until_synced(&exe, &cfg_s, &sock)?;
+        Ok(Target {
+            label: "mirrored-sync".into(),
+            addr: NbdAddress {
+                endpoint: Endpoint::Unix(sock),
+                export: "bench".into(),
+            },
+        })
+    }
+
+    /// Polls `status --json` until the copy is `UpToDate` and the
+    /// production socket answers.
+    fn wait_until_synced(&self, exe: &Path, cfg: &str, sock: &Path) -> Result<(), BenchError> {
+        let deadline = Instant::now() + Duration::from_millis(SYNC_TIMEOUT_MS);
+        loop {
+            let out = Command::new(exe)
+                .args(["status", "--json", "--config", cfg])
+                .output();
+            let synced = out.ok().is_some_and(|o| {
+                serde_json::from_slice::<crate::node::status::StatusReport>(&o.stdout).is_ok_and(
+                    |r| {
+                        r.resources
+                            .iter()
+                            .filter(|x| x.role == "copy")
+                            .all(|x| x.state == "UpToDate" && x.host.is_some())
+                    },
+                )
+            });
+            if synced && std::os::unix::net::UnixStream::connect(sock).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(BenchError::Local(format!(
+                    "the local group did not finish its initial sync within {SYNC_TIMEOUT_MS} ms (logs in {})",
+                    self.dir.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// `geomirror serve` on a fresh temporary disk: the production disk with
@@ -68,27 +185,13 @@ impl LocalSetup {
     /// `sock` accepts connections; a server that exits first is reported
     /// with the end of its log.
     fn spawn_server(&mut self, args: &[&str], log: &Path, sock: &Path) -> Result<(), BenchError> {
-        let exe = std::env::current_exe()
-            .map_err(|e| BenchError::Local(format!("find this executable: {e}")))?;
-        let out = std::fs::File::create(log)
-            .map_err(|e| BenchError::Local(format!("create {}: {e}", log.display())))?;
-        let err = out
-            .try_clone()
-            .map_err(|e| BenchError::Local(format!("dup log: {e}")))?;
-        let child = Command::new(&exe)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .map_err(|e| BenchError::Local(format!("spawn {}: {e}", exe.display())))?;
-        self.children.push(child);
+        self.spawn_child(args, log)?;
         let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
         loop {
             if std::os::unix::net::UnixStream::connect(sock).is_ok() {
                 return Ok(());
             }
-            let child = self.children.last_mut().expect("pushed just above");
+            let child = self.children.last_mut().expect("pushed by spawn_child");
             if let Ok(Some(status)) = child.try_wait() {
                 let text = std::fs::read_to_string(log).unwrap_or_default();
                 let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -107,6 +210,26 @@ impl LocalSetup {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Runs this executable with `args`, output to `log`.
+    fn spawn_child(&mut self, args: &[&str], log: &Path) -> Result<(), BenchError> {
+        let exe = std::env::current_exe()
+            .map_err(|e| BenchError::Local(format!("find this executable: {e}")))?;
+        let out = std::fs::File::create(log)
+            .map_err(|e| BenchError::Local(format!("create {}: {e}", log.display())))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| BenchError::Local(format!("dup log: {e}")))?;
+        let child = Command::new(&exe)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| BenchError::Local(format!("spawn {}: {e}", exe.display())))?;
+        self.children.push(child);
+        Ok(())
     }
 }
 

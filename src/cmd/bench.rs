@@ -14,8 +14,9 @@ pub struct Args {
     /// (after any `--local` or `--uri` targets, so those are the baseline).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Start a throwaway local set-up (unmirrored `geomirror serve` on a
-    /// temporary disk) and measure it first, as the baseline.
+    /// Start a throwaway local set-up and measure it first: unmirrored
+    /// `geomirror serve` on a temporary disk (the baseline), then a local
+    /// group in sync mode mirroring to a copy disk over loopback.
     #[arg(long)]
     pub local: bool,
     /// An NBD export to measure (`nbd://HOST[:PORT]/NAME`,
