@@ -38,6 +38,10 @@ enum Command {
     Up(cmd::up::Args),
     /// Show how the group stands, as one running member sees it.
     Status(cmd::status::Args),
+    /// Follow the group's events, one JSON line per change.
+    Events(cmd::events::Args),
+    /// Compare the production disk with every copy online (checksums only).
+    Verify(cmd::verify::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -51,6 +55,8 @@ fn main() -> std::process::ExitCode {
         Command::Detach(a) => cmd::detach::run(a),
         Command::Up(a) => cmd::up::run(a),
         Command::Status(a) => cmd::status::run(a),
+        Command::Events(a) => cmd::events::run(a),
+        Command::Verify(a) => cmd::verify::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

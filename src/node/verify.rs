@@ -10,6 +10,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::replication::{self, CopyLink};
 
+/// Most differing offsets listed per copy, so a reply always fits a control
+/// frame (16 copies × 2048 offsets stays far below 1 MiB of JSON); the
+/// count is always exact.
+pub const DIFFERING_LISTED_MAX: usize = 2048;
+
 /// What one copy's verify found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CopyVerify {
@@ -19,7 +24,10 @@ pub struct CopyVerify {
     pub chunk_bytes: u64,
     /// Chunks compared.
     pub chunks_compared: u64,
-    /// Byte offsets of the chunks whose checksums differ, ascending.
+    /// How many chunks differ.
+    pub differing_chunks: u64,
+    /// Byte offsets of the chunks whose checksums differ, ascending (the
+    /// first [`DIFFERING_LISTED_MAX`]).
     pub differing_offsets: Vec<u64>,
     /// Why this copy could not be verified (link down, …); `None` when it was.
     pub error: Option<String>,
@@ -43,7 +51,7 @@ impl VerifyReply {
             && self
                 .copies
                 .iter()
-                .all(|c| c.error.is_none() && c.differing_offsets.is_empty())
+                .all(|c| c.error.is_none() && c.differing_chunks == 0)
     }
 
     /// The text `geomirror verify` prints.
@@ -69,10 +77,14 @@ impl VerifyReply {
                 c.copy,
                 c.chunks_compared,
                 crate::units::format_size(c.chunk_bytes),
-                c.differing_offsets.len()
+                c.differing_chunks
             );
             for off in &c.differing_offsets {
                 let _ = writeln!(s, "  differs at offset {off} (+{})", c.chunk_bytes);
+            }
+            let unlisted = c.differing_chunks.saturating_sub(c.differing_offsets.len() as u64);
+            if unlisted > 0 {
+                let _ = writeln!(s, "  ... and {unlisted} more");
             }
         }
         s
@@ -90,9 +102,11 @@ pub async fn verify_links(member: &str, links: &[Arc<CopyLink>]) -> VerifyReply 
                 copy: link.name().to_owned(),
                 chunk_bytes: r.chunk_bytes,
                 chunks_compared: r.chunks_compared,
+                differing_chunks: r.differing.len() as u64,
                 differing_offsets: r
                     .differing
                     .iter()
+                    .take(DIFFERING_LISTED_MAX)
                     .map(|i| i.saturating_mul(r.chunk_bytes))
                     .collect(),
                 error: None,
@@ -101,11 +115,12 @@ pub async fn verify_links(member: &str, links: &[Arc<CopyLink>]) -> VerifyReply 
                 copy: link.name().to_owned(),
                 chunk_bytes: 0,
                 chunks_compared: 0,
+                differing_chunks: 0,
                 differing_offsets: Vec::new(),
                 error: Some(e.to_string()),
             },
         };
-        tracing::info!(copy = %c.copy, chunks = c.chunks_compared, differing = c.differing_offsets.len(), elapsed_ms = started.elapsed().as_millis() as u64, "verify");
+        tracing::info!(copy = %c.copy, chunks = c.chunks_compared, differing = c.differing_chunks, elapsed_ms = started.elapsed().as_millis() as u64, "verify");
         copies.push(c);
     }
     VerifyReply {
@@ -125,6 +140,7 @@ mod tests {
             copy: "b1".into(),
             chunk_bytes: 65536,
             chunks_compared: 16,
+            differing_chunks: 0,
             differing_offsets: vec![],
             error: None,
         };
@@ -135,6 +151,7 @@ mod tests {
         };
         assert!(r.all_identical());
         assert!(r.to_text().contains("16 chunks of 64.0 KiB compared, 0 differing"), "{}", r.to_text());
+        r.copies[0].differing_chunks = 1;
         r.copies[0].differing_offsets = vec![131072];
         assert!(!r.all_identical());
         assert!(r.to_text().contains("differs at offset 131072"));
