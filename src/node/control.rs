@@ -147,7 +147,10 @@ mod tests {
     async fn handshake_with_the_same_secret_succeeds_and_another_is_refused() {
         let (mut a, mut b) = tokio::io::duplex(4096);
         let server = tokio::spawn(async move { authenticator("s3cret").server(&mut b).await });
-        authenticator("s3cret").client(&mut a).await.expect("same secret");
+        authenticator("s3cret")
+            .client(&mut a)
+            .await
+            .expect("same secret");
         server.await.expect("join").expect("server side");
 
         let (mut a, mut b) = tokio::io::duplex(4096);

@@ -104,13 +104,13 @@ async fn answer(ctx: &ControlContext, req: Request, mut s: TcpStream) -> anyhow:
             serve_events(s, &initial, rx).await?;
         }
         Request::Verify => {
-            let links = ctx
-                .links
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
+            let links = ctx.links.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let me = ctx.member_name();
-            let reply = if ctx.report().resources.first().and_then(|r| r.host.as_deref())
+            let reply = if ctx
+                .report()
+                .resources
+                .first()
+                .and_then(|r| r.host.as_deref())
                 != Some(me.as_str())
             {
                 VerifyReply {

@@ -97,9 +97,15 @@ mod tests {
             };
             call(&dev, req).await.expect("write");
         }
-        let r = call(&dev, Request::Read { offset: 0, len: 4096 })
-            .await
-            .expect("read");
+        let r = call(
+            &dev,
+            Request::Read {
+                offset: 0,
+                len: 4096,
+            },
+        )
+        .await
+        .expect("read");
         assert!(matches!(r, Reply::Read(b) if b.iter().all(|&x| x == 0x5a)));
         let text = m.render();
         assert!(text.contains("geomirror_writes_total 3"), "{text}");

@@ -12,8 +12,8 @@ use anyhow::Context;
 
 use crate::config::Member;
 use crate::group::{GroupState, MemberId};
-use crate::replication::CopyStats;
 use crate::obs::{diff_events, snapshot_events, EventBus, EventLine, Metrics, MetricsHandle};
+use crate::replication::CopyStats;
 
 use super::status::StatusReport;
 
@@ -96,14 +96,18 @@ impl Observer {
             };
             let seen = self.resynced.entry(c.name.clone()).or_insert(0);
             // A new resync starts its count again from 0.
-            let delta = c.resynced_bytes.checked_sub(*seen).unwrap_or(c.resynced_bytes);
+            let delta = c
+                .resynced_bytes
+                .checked_sub(*seen)
+                .unwrap_or(c.resynced_bytes);
             if delta > 0 {
                 m.copy(&pair.resource).add_resynced(delta);
             }
             *seen = c.resynced_bytes;
         }
         // Bounded by the domain's members: forget links that are gone.
-        self.resynced.retain(|name, _| copies.iter().any(|c| &c.name == name));
+        self.resynced
+            .retain(|name, _| copies.iter().any(|c| &c.name == name));
     }
 }
 

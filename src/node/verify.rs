@@ -82,7 +82,9 @@ impl VerifyReply {
             for off in &c.differing_offsets {
                 let _ = writeln!(s, "  differs at offset {off} (+{})", c.chunk_bytes);
             }
-            let unlisted = c.differing_chunks.saturating_sub(c.differing_offsets.len() as u64);
+            let unlisted = c
+                .differing_chunks
+                .saturating_sub(c.differing_offsets.len() as u64);
             if unlisted > 0 {
                 let _ = writeln!(s, "  ... and {unlisted} more");
             }
@@ -150,7 +152,12 @@ mod tests {
             copies: vec![ok.clone()],
         };
         assert!(r.all_identical());
-        assert!(r.to_text().contains("16 chunks of 64.0 KiB compared, 0 differing"), "{}", r.to_text());
+        assert!(
+            r.to_text()
+                .contains("16 chunks of 64.0 KiB compared, 0 differing"),
+            "{}",
+            r.to_text()
+        );
         r.copies[0].differing_chunks = 1;
         r.copies[0].differing_offsets = vec![131072];
         assert!(!r.all_identical());

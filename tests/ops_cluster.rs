@@ -1,0 +1,512 @@
+//! Operating a running group: metrics, events, verify, `status --watch` and
+//! the control channel's authentication, against real member processes (one
+//! production member, one copy member, one witness on loopback).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{bin, Proc};
+
+const GROUP: &str = "payroll";
+const DISK_BYTES: u64 = 16 << 20;
+const CHUNK_BYTES: u64 = 64 << 10;
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Cluster tests run one at a time: three daemons each on two shared cores.
+static ONE_CLUSTER: Mutex<()> = Mutex::new(());
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    sock: PathBuf,
+    metrics: BTreeMap<&'static str, String>,
+    procs: BTreeMap<&'static str, Proc>,
+}
+
+impl Cluster {
+    /// Writes the recovery domain and formats both disks; starts nothing.
+    fn new() -> Cluster {
+        let dir = common::tempdir();
+        let d = dir.path();
+        let sock = d.join("a1.sock");
+        let port = |_: ()| format!("127.0.0.1:{}", common::free_port());
+        let metrics: BTreeMap<&str, String> =
+            [("a1", port(())), ("b1", port(()))].into_iter().collect();
+        for (disk, resource) in [("prod.img", "payroll-prod"), ("dr.img", "payroll-dr")] {
+            let size = DISK_BYTES.to_string();
+            let chunk = CHUNK_BYTES.to_string();
+            let path = d.join(disk);
+            common::run_ok(Command::new(bin()).args([
+                "format",
+                "--group",
+                GROUP,
+                "--resource",
+                resource,
+                "--size",
+                &size,
+                "--bitmap-chunk",
+                &chunk,
+                path.to_str().expect("utf-8 path"),
+            ]));
+        }
+        let config = d.join("domain.toml");
+        let text = format!(
+            r#"group = "{GROUP}"
+mode = "sync"
+secret = "correct horse battery staple"
+
+[[site]]
+name = "prod"
+resource = "payroll-prod"
+[[site]]
+name = "dr"
+resource = "payroll-dr"
+
+[[member]]
+name = "a1"
+address = "{}"
+disks = ["{}"]
+nbd = "unix:{}"
+metrics = "{}"
+[[member]]
+name = "b1"
+address = "{}"
+disks = ["{}"]
+metrics = "{}"
+[[member]]
+name = "w1"
+address = "{}"
+"#,
+            port(()),
+            d.join("prod.img").display(),
+            sock.display(),
+            metrics["a1"],
+            port(()),
+            d.join("dr.img").display(),
+            metrics["b1"],
+            port(()),
+        );
+        std::fs::write(&config, text).expect("write the domain");
+        Cluster {
+            dir,
+            config,
+            sock,
+            metrics,
+            procs: BTreeMap::new(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn cfg(&self) -> &str {
+        self.config.to_str().expect("utf-8 path")
+    }
+
+    fn up(&mut self, member: &'static str) {
+        let state = self.path(&format!("state-{member}"));
+        let log = self.path(&format!("{member}.log"));
+        let p = Proc::geomirror(
+            &[
+                "up",
+                "--config",
+                self.cfg(),
+                "--member",
+                member,
+                "--state-dir",
+                state.to_str().expect("utf-8 path"),
+                "--fail-timeout-ms",
+                "1500",
+            ],
+            &log,
+        );
+        self.procs.insert(member, p);
+    }
+
+    /// All three members up, the copy synced: the steady state.
+    fn start_all() -> Cluster {
+        let mut c = Cluster::new();
+        c.up("a1");
+        common::wait_for_unix(&c.sock, WAIT);
+        c.up("b1");
+        c.up("w1");
+        c.wait_mirroring();
+        c
+    }
+
+    fn status_json(&self, member: &str) -> Option<serde_json::Value> {
+        let out = Command::new(bin())
+            .args([
+                "status",
+                "--json",
+                "--config",
+                self.cfg(),
+                "--member",
+                member,
+            ])
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// Waits until `member` reports the copy `UpToDate` and mirroring.
+    fn wait_copy_up_to_date(&self, member: &str) -> serde_json::Value {
+        let mut last = None;
+        common::wait_until(&format!("{member} to show the copy UpToDate"), WAIT, || {
+            last = self.status_json(member);
+            last.as_ref().is_some_and(|s| {
+                s["resources"][1]["state"] == "UpToDate"
+                    && s["mirroring"][0]["state"] == "mirroring"
+            })
+        });
+        last.expect("a report")
+    }
+
+    fn wait_mirroring(&self) {
+        self.wait_copy_up_to_date("a1");
+    }
+
+    fn nbd_uri(&self) -> String {
+        format!("nbd+unix:///{GROUP}?socket={}", self.sock.display())
+    }
+
+    /// `qemu-io` writes `count` patterned blocks of `bytes` through the export.
+    fn write_blocks(&self, count: u64, bytes: u64) {
+        let mut cmd = Command::new("qemu-io");
+        cmd.args(["-f", "raw"]);
+        for i in 0..count {
+            cmd.args([
+                "-c",
+                &format!("write -P 0x{:02x} {} {bytes}", 0x40 + i, i * bytes),
+            ]);
+        }
+        cmd.arg(self.nbd_uri());
+        common::run_ok(&mut cmd);
+    }
+}
+
+/// One scrape of a Prometheus endpoint over plain HTTP/1.0.
+fn scrape(addr: &str) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect to the metrics endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .expect("send the request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read the answer");
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    assert!(text.starts_with("HTTP/1."), "not HTTP: {text:.200}");
+    body.to_owned()
+}
+
+/// `name{labels} value` lines as (series, value); comments skipped.
+fn samples(body: &str) -> BTreeMap<String, f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn value(s: &BTreeMap<String, f64>, series: &str) -> f64 {
+    *s.get(series)
+        .unwrap_or_else(|| panic!("no series {series} in {:#?}", s.keys().collect::<Vec<_>>()))
+}
+
+fn has_family(s: &BTreeMap<String, f64>, name: &str) -> bool {
+    s.keys()
+        .any(|k| k == name || k.starts_with(&format!("{name}{{")))
+}
+
+#[test]
+fn metrics_count_nbd_writes_and_show_the_production_role() {
+    if !common::require(&["qemu-io"]) {
+        return;
+    }
+    let _one = ONE_CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
+    let c = Cluster::start_all();
+    let before = samples(&scrape(&c.metrics["a1"]));
+    let writes0 = before.get("geomirror_writes_total").copied().unwrap_or(0.0);
+    let bytes0 = before
+        .get("geomirror_write_bytes_total")
+        .copied()
+        .unwrap_or(0.0);
+
+    c.write_blocks(8, 65536);
+
+    let mut after = BTreeMap::new();
+    common::wait_until("the write counters to grow", WAIT, || {
+        after = samples(&scrape(&c.metrics["a1"]));
+        after.get("geomirror_writes_total").copied().unwrap_or(0.0) >= writes0 + 8.0
+    });
+    assert!(value(&after, "geomirror_write_bytes_total") >= bytes0 + 8.0 * 65536.0);
+    assert!(value(&after, "geomirror_write_latency_seconds_count") >= 8.0);
+    assert_eq!(
+        value(
+            &after,
+            r#"geomirror_role{resource="payroll-prod",role="production"}"#
+        ),
+        1.0
+    );
+    assert_eq!(value(&after, "geomirror_quorum"), 1.0);
+    assert_eq!(value(&after, r#"geomirror_member_up{member="b1"}"#), 1.0);
+    // The production host follows its copy's lag and resync.
+    for family in [
+        "geomirror_replication_lag_bytes",
+        "geomirror_replication_lag_seconds",
+        "geomirror_resync_remaining_bytes",
+        "geomirror_resync_rate_bytes_per_second",
+    ] {
+        assert!(has_family(&after, family), "no {family} on a1");
+    }
+    assert_eq!(
+        value(
+            &after,
+            r#"geomirror_copy_state{copy="payroll-dr",state="UpToDate"}"#
+        ),
+        1.0
+    );
+
+    // The copy member knows its role and the copy's state from the group.
+    let b1 = samples(&scrape(&c.metrics["b1"]));
+    assert_eq!(
+        value(&b1, r#"geomirror_role{resource="payroll-dr",role="copy"}"#),
+        1.0
+    );
+    assert!(has_family(&b1, "geomirror_replication_lag_bytes"));
+    assert!(has_family(&b1, "geomirror_resync_remaining_bytes"));
+    assert_eq!(value(&b1, "geomirror_writes_total"), 0.0);
+}
+
+/// Reads event lines from a running `events` client into a shared list.
+fn collect_lines(child: &mut std::process::Child) -> Arc<Mutex<Vec<serde_json::Value>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let out = child.stdout.take().expect("piped stdout");
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            let v: serde_json::Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("event line is not JSON ({e}): {line}"));
+            sink.lock().unwrap_or_else(|p| p.into_inner()).push(v);
+        }
+    });
+    lines
+}
+
+fn saw(lines: &Mutex<Vec<serde_json::Value>>, pred: impl Fn(&serde_json::Value) -> bool) -> bool {
+    lines
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .any(pred)
+}
+
+#[test]
+fn events_stream_joins_host_changes_mirroring_and_a_killed_copy_failing() {
+    let _one = ONE_CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = Cluster::new();
+    c.up("a1");
+    common::wait_for_unix(&c.sock, WAIT);
+    let child = Command::new(bin())
+        .args(["events", "--config", c.cfg(), "--member", "a1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn events");
+    let mut events = Proc {
+        child,
+        name: "geomirror events".into(),
+    };
+    let lines = collect_lines(&mut events.child);
+    // The snapshot: a1 joined and hosts production.
+    common::wait_until("the snapshot of a1's state", WAIT, || {
+        saw(&lines, |v| v["kind"] == "join" && v["member"] == "a1")
+            && saw(&lines, |v| {
+                v["kind"] == "host-change" && v["role"] == "production" && v["to"] == "a1"
+            })
+    });
+
+    c.up("b1");
+    c.up("w1");
+    common::wait_until(
+        "b1 joining, hosting the copy, mirroring starting",
+        WAIT,
+        || {
+            saw(&lines, |v| v["kind"] == "join" && v["member"] == "b1")
+                && saw(&lines, |v| v["kind"] == "join" && v["member"] == "w1")
+                && saw(&lines, |v| {
+                    v["kind"] == "host-change"
+                        && v["resource"] == "payroll-dr"
+                        && v["role"] == "copy"
+                        && v["to"] == "b1"
+                })
+                && saw(&lines, |v| {
+                    v["kind"] == "mirroring-start" && v["from"] == "a1" && v["to"] == "b1"
+                })
+        },
+    );
+    for v in lines.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        assert!(v["time"].as_str().is_some_and(|t| t.ends_with('Z')), "{v}");
+    }
+    assert!(!saw(&lines, |v| v["kind"] == "fail"));
+
+    c.procs.get("b1").expect("b1 runs").signal(libc::SIGKILL);
+    common::wait_until("a fail line for the killed copy host", WAIT, || {
+        saw(&lines, |v| v["kind"] == "fail" && v["member"] == "b1")
+    });
+    common::wait_until("mirroring to b1 to stop", WAIT, || {
+        saw(&lines, |v| v["kind"] == "mirroring-stop" && v["to"] == "b1")
+    });
+}
+
+/// Overwrites `len` bytes at `offset` of the disk file, bypassing geomirror.
+fn corrupt(disk: &Path, offset: u64, len: usize) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(disk)
+        .expect("open the copy's disk");
+    f.write_all_at(&vec![0xee; len], offset).expect("corrupt");
+    f.sync_all().expect("sync");
+}
+
+fn verify(c: &Cluster) -> (bool, serde_json::Value) {
+    let out = Command::new(bin())
+        .args(["verify", "--json", "--config", c.cfg()])
+        .output()
+        .expect("run verify");
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "verify printed no JSON ({e}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.success(), v)
+}
+
+#[test]
+fn verify_reports_zero_on_an_identical_pair_and_exactly_the_corrupted_chunks() {
+    if !common::require(&["qemu-io"]) {
+        return;
+    }
+    let _one = ONE_CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
+    let c = Cluster::start_all();
+    c.write_blocks(4, 1 << 20);
+
+    let (ok, v) = verify(&c);
+    assert!(ok, "{v}");
+    let copy = &v["copies"][0];
+    assert_eq!(copy["copy"], "b1");
+    assert_eq!(copy["chunks_compared"], DISK_BYTES / CHUNK_BYTES);
+    assert_eq!(copy["differing_chunks"], 0, "{v}");
+
+    // Writes stopped; the copy member runs and reads its disk uncached.
+    let chunks = [3u64, 17, 200];
+    for i in chunks {
+        corrupt(&c.path("dr.img"), i * CHUNK_BYTES + 512, 4096);
+    }
+    let (ok, v) = verify(&c);
+    assert!(!ok, "verify must fail when chunks differ: {v}");
+    let copy = &v["copies"][0];
+    assert_eq!(copy["differing_chunks"], chunks.len(), "{v}");
+    let offsets: Vec<u64> = copy["differing_offsets"]
+        .as_array()
+        .expect("offsets")
+        .iter()
+        .map(|o| o.as_u64().expect("offset"))
+        .collect();
+    let want: Vec<u64> = chunks.iter().map(|i| i * CHUNK_BYTES).collect();
+    assert_eq!(offsets, want);
+}
+
+#[test]
+fn status_on_every_member_and_watch_off_a_terminal_and_a_wrong_secret() {
+    let _one = ONE_CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
+    let c = Cluster::start_all();
+
+    // The sync columns come through the group: every member shows them.
+    for m in ["b1", "w1"] {
+        let s = c.wait_copy_up_to_date(m);
+        assert_eq!(s["member"], m);
+        assert_eq!(s["resources"][1]["host"], "b1");
+        assert_eq!(s["resources"][1]["bytes_to_go"], 0);
+    }
+    let text =
+        common::run_ok(Command::new(bin()).args(["status", "--config", c.cfg(), "--member", "w1"]));
+    assert!(text.contains("UpToDate"), "{text}");
+
+    // --watch with stdout a pipe: plain reports one after another.
+    let log = c.path("watch.out");
+    let out = std::fs::File::create(&log).expect("create");
+    let mut watch = Proc {
+        child: Command::new(bin())
+            .args([
+                "status",
+                "--watch",
+                "--interval-ms",
+                "200",
+                "--config",
+                c.cfg(),
+            ])
+            .stdout(out)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn status --watch"),
+        name: "status --watch".into(),
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    watch.signal(libc::SIGKILL);
+    let _ = watch.wait_timeout(Duration::from_secs(5));
+    let printed = std::fs::read_to_string(&log).expect("read the output");
+    let reports = printed.matches("(answered by ").count();
+    assert!(reports >= 2, "expected repeated reports:\n{printed}");
+    assert!(
+        !printed.contains('\x1b'),
+        "escape codes off a terminal:\n{printed}"
+    );
+
+    // Same members, another secret: the member refuses the client.
+    let wrong = c.path("wrong.toml");
+    let text = std::fs::read_to_string(&c.config)
+        .expect("read the domain")
+        .replace("correct horse battery staple", "not the secret at all");
+    std::fs::write(&wrong, text).expect("write");
+    for cmd in [vec!["status", "--member", "a1"], vec!["verify"]] {
+        let out = Command::new(bin())
+            .args(&cmd)
+            .args(["--config", wrong.to_str().expect("utf-8")])
+            .output()
+            .expect("run");
+        assert!(
+            !out.status.success(),
+            "{cmd:?} with a wrong secret succeeded"
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("authentication"), "{cmd:?}: {err}");
+        assert!(
+            out.stdout.is_empty(),
+            "{cmd:?} printed {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let log = std::fs::read_to_string(c.path("a1.log")).expect("a1 log");
+    assert!(
+        log.contains("control connection refused"),
+        "a1 did not log the refusal"
+    );
+}
