@@ -510,3 +510,29 @@ fn status_on_every_member_and_watch_off_a_terminal_and_a_wrong_secret() {
         "a1 did not log the refusal"
     );
 }
+
+#[test]
+fn clients_fail_with_a_clear_message_when_no_member_answers_or_the_member_is_unknown() {
+    let c = Cluster::new();
+    for (args, words) in [
+        (vec!["status"], "no member answered"),
+        (vec!["verify"], "no member answered"),
+        (vec!["events"], "no member answered"),
+        (
+            vec!["events", "--member", "nobody"],
+            "not in the recovery domain",
+        ),
+    ] {
+        let out = Command::new(bin())
+            .args(&args)
+            .args(["--config", c.cfg()])
+            .output()
+            .expect("run");
+        assert!(
+            !out.status.success(),
+            "{args:?} succeeded with no member up"
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(words), "{args:?}: {err}");
+    }
+}
