@@ -143,6 +143,9 @@ fn events_stream_joins_host_changes_mirroring_and_a_killed_copy_failing() {
                 && saw(&lines, |v| {
                     v["kind"] == "mirroring-start" && v["from"] == "a1" && v["to"] == "b1"
                 })
+                && saw(&lines, |v| {
+                    v["kind"] == "sync-state" && v["resource"] == "payroll-dr" && v["to"] == "b1"
+                })
         },
     );
     for v in lines.lock().unwrap_or_else(|p| p.into_inner()).iter() {
