@@ -40,6 +40,10 @@ enum Command {
     Status(cmd::status::Args),
     /// Measure write throughput and latency of NBD exports, mirrored against unmirrored.
     Bench(cmd::bench::Args),
+    /// Follow the group's events, one JSON line per change.
+    Events(cmd::events::Args),
+    /// Compare the production disk with every copy online (checksums only).
+    Verify(cmd::verify::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -54,6 +58,8 @@ fn main() -> std::process::ExitCode {
         Command::Up(a) => cmd::up::run(a),
         Command::Status(a) => cmd::status::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Events(a) => cmd::events::run(a),
+        Command::Verify(a) => cmd::verify::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -157,6 +157,7 @@ fn sync_reports_come_only_from_the_production_host_for_the_current_pair() {
             resynced_bytes: 4096,
             bytes_to_go: 8192,
             lag_bytes: 0,
+            ..Default::default()
         },
     };
     assert!(matches!(

@@ -308,6 +308,7 @@ fn group_state_sets_epoch_members_roles_and_copies() {
         resynced_bytes: 1 << 20,
         bytes_to_go: 7 << 20,
         lag_bytes: 0,
+        ..Default::default()
     };
     s.apply(&GroupCommand::SyncProgress {
         member: a1,

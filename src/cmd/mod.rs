@@ -6,11 +6,13 @@
 pub mod attach;
 pub mod bench;
 pub mod detach;
+pub mod events;
 pub mod format;
 pub mod label;
 pub mod serve;
 pub mod status;
 pub mod up;
+pub mod verify;
 
 use anyhow::Context as _;
 
@@ -44,4 +46,27 @@ pub(crate) fn print_stdout(text: &str) -> anyhow::Result<()> {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(()),
     }
+}
+
+/// The members a control client asks, as (name, address): `member` alone,
+/// or every member in backup order.
+pub(crate) fn control_targets<'a>(
+    domain: &'a crate::config::RecoveryDomain,
+    member: Option<&str>,
+) -> anyhow::Result<Vec<(&'a str, &'a str)>> {
+    Ok(match member {
+        Some(name) => {
+            let m = domain
+                .members
+                .iter()
+                .find(|m| m.name == name)
+                .ok_or_else(|| anyhow::anyhow!("member {name:?} is not in the recovery domain"))?;
+            vec![(m.name.as_str(), m.address.as_str())]
+        }
+        None => domain
+            .members
+            .iter()
+            .map(|m| (m.name.as_str(), m.address.as_str()))
+            .collect(),
+    })
 }

@@ -1,15 +1,15 @@
-//! `geomirror status`: ask a running member how the group stands.
+//! `geomirror status`: ask a running member how the group stands, once or
+//! every interval (`--watch`).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use crate::config::RecoveryDomain;
 use crate::node::control::{self, Request};
 use crate::node::status::StatusReport;
+use crate::obs::{watch, WatchOptions};
 
 /// Arguments of `geomirror status`.
 #[derive(clap::Args, Debug)]
@@ -23,6 +23,13 @@ pub struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Ask again every interval: redrawn in place on a terminal, printed
+    /// one after another otherwise. Runs until interrupted.
+    #[arg(long)]
+    pub watch: bool,
+    /// Time between two reports with `--watch` (100 ms to one hour).
+    #[arg(long, default_value_t = 2000)]
+    pub interval_ms: u64,
 }
 
 /// Time to wait for one member's answer.
@@ -35,35 +42,46 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("start the runtime")?;
-    let report = rt.block_on(fetch(&domain, args.member.as_deref()))?;
-    let text = if args.json {
-        serde_json::to_string_pretty(&report)? + "\n"
+    let member = args.member.as_deref();
+    let json = args.json;
+    if args.watch {
+        let opts = WatchOptions::for_stdout(Duration::from_millis(args.interval_ms));
+        return rt.block_on(async {
+            let mut out = tokio::io::stdout();
+            let fetch = || async { render(&fetch(&domain, member).await?, json) };
+            let shutdown = super::shutdown_signal()?;
+            tokio::select! {
+                r = watch(opts, &mut out, fetch) => match r {
+                    Err(crate::obs::ObsError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                    r => r.map(|_| ()).map_err(anyhow::Error::from),
+                },
+                () = shutdown => Ok(()),
+            }
+        });
+    }
+    let report = rt.block_on(fetch(&domain, member))?;
+    super::print_stdout(&render(&report, json)?)
+}
+
+fn render(report: &StatusReport, json: bool) -> anyhow::Result<String> {
+    Ok(if json {
+        serde_json::to_string_pretty(report)? + "\n"
     } else {
         report.to_text()
-    };
-    super::print_stdout(&text)
+    })
 }
 
 /// The report of `member`, or of the first member that answers.
 pub async fn fetch(domain: &RecoveryDomain, member: Option<&str>) -> anyhow::Result<StatusReport> {
-    let targets: Vec<(&str, &str)> = match member {
-        Some(name) => {
-            let m = domain
-                .members
-                .iter()
-                .find(|m| m.name == name)
-                .ok_or_else(|| anyhow!("member {name:?} is not in the recovery domain"))?;
-            vec![(m.name.as_str(), m.address.as_str())]
-        }
-        None => domain
-            .members
-            .iter()
-            .map(|m| (m.name.as_str(), m.address.as_str()))
-            .collect(),
-    };
+    let targets = super::control_targets(domain, member)?;
     let mut errors = Vec::new();
     for (name, addr) in targets {
-        match tokio::time::timeout(Duration::from_millis(ASK_TIMEOUT_MS), ask(addr)).await {
+        match tokio::time::timeout(
+            Duration::from_millis(ASK_TIMEOUT_MS),
+            ask(addr, &domain.secret),
+        )
+        .await
+        {
             Ok(Ok(r)) => return Ok(r),
             Ok(Err(e)) => errors.push(format!("{name} ({addr}): {e:#}")),
             Err(_) => errors.push(format!("{name} ({addr}): no answer")),
@@ -72,9 +90,8 @@ pub async fn fetch(domain: &RecoveryDomain, member: Option<&str>) -> anyhow::Res
     Err(anyhow!("no member answered:\n  {}", errors.join("\n  ")))
 }
 
-async fn ask(addr: &str) -> anyhow::Result<StatusReport> {
-    let mut s = TcpStream::connect(addr).await.context("connect")?;
-    s.write_all(&control::MAGIC).await?;
+async fn ask(addr: &str, secret: &str) -> anyhow::Result<StatusReport> {
+    let mut s = control::connect(addr, secret).await?;
     control::write_frame(&mut s, &Request::Status).await?;
     Ok(control::read_frame(&mut s).await?)
 }

@@ -74,6 +74,16 @@ pub struct SyncReport {
     pub bytes_to_go: u64,
     /// Async mode: bytes written on production and not yet acknowledged.
     pub lag_bytes: u64,
+    /// Rate of the current resync, so members other than the production
+    /// host can show it.
+    #[serde(default)]
+    pub rate_bytes_per_s: u64,
+    /// Expected seconds until the current resync ends, when it moves.
+    #[serde(default)]
+    pub eta_s: Option<u64>,
+    /// Async mode: age of the oldest unacknowledged write, in milliseconds.
+    #[serde(default)]
+    pub lag_ms: u64,
 }
 
 /// One ordered message of the group. Every member applies the same

@@ -1,17 +1,32 @@
-//! The control channel: `status` (and later other commands) asking a running
+//! The control channel: `status`, `events` and `verify` asking a running
 //! member over its group address, in small checksummed JSON frames.
 //!
 //! A connection to a member's address starts with a 4-byte magic naming the
 //! protocol, so one listener carries the group engine, replication and
-//! control: [`MAGIC`] is control's.
+//! control: [`MAGIC`] is control's. After the magic both sides prove the
+//! recovery domain's secret ([`authenticator`]), then the client sends one
+//! [`Request`] frame.
+
+use std::time::Duration;
 
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::group::engine::auth::{AuthError, Authenticator};
 
 /// First bytes of a control connection.
 pub const MAGIC: [u8; 4] = *b"GMCT";
 /// Largest control frame either side accepts (a status report is a few KiB).
 pub const FRAME_BYTES_MAX: u32 = 1 << 20;
+
+/// Protocol tag of the control handshake: a proof made for the group engine
+/// or replication cannot be replayed here.
+pub const AUTH_CONTEXT: [u8; 8] = *b"gm-ctrl1";
+/// Time allowed for the whole handshake.
+pub const AUTH_TIMEOUT_MS: u64 = 3_000;
+/// Time allowed to open the TCP connection.
+pub const CONNECT_TIMEOUT_MS: u64 = 3_000;
 
 /// Errors of the control channel.
 #[derive(Debug, thiserror::Error)]
@@ -28,16 +43,53 @@ pub enum ControlError {
     /// The payload is not the JSON we expect.
     #[error("control frame is not valid: {0}")]
     Decode(#[from] serde_json::Error),
+    /// The peer did not prove the recovery domain's secret, or refused ours.
+    #[error("control authentication: {0} (is the secret the same as the member's?)")]
+    Auth(#[from] AuthError),
+    /// The member did not accept the connection in time.
+    #[error("connecting to {0} timed out")]
+    ConnectTimeout(String),
+}
+
+/// The authenticator of the control channel. Its key is derived from the
+/// recovery domain's secret (any length a person chose) so it is always
+/// 32 bytes, and differs from the group engine's key.
+pub fn authenticator(secret: &str) -> Authenticator {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"geomirror control key\0");
+    h.update(secret.as_bytes());
+    let key = h.finalize();
+    Authenticator::new(&key, AUTH_CONTEXT, Duration::from_millis(AUTH_TIMEOUT_MS))
+        .expect("a SHA-256 digest is longer than the shortest accepted secret")
+}
+
+/// Opens an authenticated control connection to the member at `addr`,
+/// ready for one [`Request`] frame.
+pub async fn connect(addr: &str, secret: &str) -> Result<TcpStream, ControlError> {
+    let mut s = tokio::time::timeout(
+        Duration::from_millis(CONNECT_TIMEOUT_MS),
+        TcpStream::connect(addr),
+    )
+    .await
+    .map_err(|_| ControlError::ConnectTimeout(addr.to_owned()))??;
+    s.write_all(&MAGIC).await?;
+    authenticator(secret).client(&mut s).await?;
+    Ok(s)
 }
 
 /// Requests a control client can make.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Request {
+    /// One [`super::status::StatusReport`] frame in answer.
     Status,
     /// Subscribe to group events: after this frame the member sends
     /// newline-delimited JSON event lines until either side closes
     /// (see `crate::obs::bus`).
     Events,
+    /// Compare the production disk with every copy online (production host
+    /// only); one [`super::verify::VerifyReply`] frame in answer.
+    Verify,
 }
 
 /// Writes one frame: length (u32 BE), crc32 of the payload (u32 BE), payload (JSON).
@@ -89,6 +141,24 @@ mod tests {
         write_frame(&mut a, &Request::Status).await.expect("write");
         let got: Request = read_frame(&mut b).await.expect("read");
         assert_eq!(got, Request::Status);
+    }
+
+    #[tokio::test]
+    async fn handshake_with_the_same_secret_succeeds_and_another_is_refused() {
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        let server = tokio::spawn(async move { authenticator("s3cret").server(&mut b).await });
+        authenticator("s3cret")
+            .client(&mut a)
+            .await
+            .expect("same secret");
+        server.await.expect("join").expect("server side");
+
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        let server = tokio::spawn(async move { authenticator("s3cret").server(&mut b).await });
+        let r = authenticator("wrong").client(&mut a).await;
+        assert!(matches!(r, Err(AuthError::BadProof)), "{r:?}");
+        drop(a);
+        assert!(server.await.expect("join").is_err());
     }
 
     #[tokio::test]

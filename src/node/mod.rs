@@ -8,12 +8,16 @@
 //! engine. Page writes never pass through here.
 
 pub mod control;
+mod control_server;
 mod dirty;
+mod metered;
 mod mux;
+pub mod observe;
 mod probe;
 pub mod report;
 mod roles;
 pub mod status;
+pub mod verify;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -23,7 +27,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
 use crate::config::RecoveryDomain;
 use crate::group::engine::{Engine, EngineConfig};
@@ -32,6 +35,8 @@ use crate::group::state::GroupState;
 use crate::group::{Desired, DomainSpec, GroupCommand, MemberId};
 use crate::storage::EngineKind;
 
+use control_server::{control_loop, ControlContext};
+use observe::Observer;
 pub use probe::ProbeError;
 use report::LocalView;
 use roles::Roles;
@@ -106,6 +111,8 @@ pub async fn run(
     let engine = Engine::<GroupState>::start_with_incoming(cfg, routes.engine)
         .await
         .context("start the group engine")?;
+    let initial = engine.state().borrow().clone();
+    let mut observer = Observer::start(me, &member, initial)?;
     let bootstrapped = enter_group(&engine, &peers, &opts.state_dir).await?;
     tokio::pin!(shutdown);
     // Nothing can be decided without a leader (a majority of the voters).
@@ -148,15 +155,22 @@ pub async fn run(
     }
 
     let mut roles = Roles::new(me, domain.clone(), disks.clone(), opts.engine);
+    if let Some(m) = observer.metrics() {
+        roles.set_write_metrics(m.writes());
+    }
     let repl_task = roles.route_replication(routes.replication);
     let local = Arc::new(Mutex::new(LocalView::default()));
-    let control_task = tokio::spawn(control_loop(
-        routes.control,
-        domain.clone(),
+    let links = Arc::new(Mutex::new(Vec::new()));
+    let control = ControlContext {
+        domain: domain.clone(),
         me,
-        state_rx.clone(),
-        local.clone(),
-    ));
+        state: state_rx.clone(),
+        local: local.clone(),
+        bus: observer.bus(),
+        links: links.clone(),
+        verifying: Arc::default(),
+    };
+    let control_task = tokio::spawn(control_loop(routes.control, control.clone()));
 
     let started = Event::Started {
         accessible: disks.keys().cloned().collect(),
@@ -181,6 +195,7 @@ pub async fn run(
         if state_changed {
             state_changed = false;
             let state = state_rx.borrow_and_update().clone();
+            observer.on_state(&state);
             let actions = join::step(
                 &state,
                 me,
@@ -206,6 +221,7 @@ pub async fn run(
                     }
                 }
             }
+            *links.lock().unwrap_or_else(|p| p.into_inner()) = roles.copy_links();
             running = Desired::of(&state, me);
             for resource in lost {
                 running.hosted.remove(&resource);
@@ -230,6 +246,9 @@ pub async fn run(
                     l.voters = m.voters.len();
                     l.copies = roles.copy_stats();
                 }
+                *links.lock().unwrap_or_else(|p| p.into_inner()) = roles.copy_links();
+                let copies = roles.copy_stats();
+                observer.on_tick(&control.report(), &copies);
                 // The leader's failure detector (a dead member is marked failed).
                 let state = state_rx.borrow().clone();
                 for id in engine.unreachable_peers(Duration::from_millis(opts.fail_timeout_ms)) {
@@ -384,34 +403,5 @@ async fn report_sync(
             reported.insert(c.name.clone(), rep);
             *last = Instant::now();
         }
-    }
-}
-
-/// Answer status requests on the control channel.
-async fn control_loop(
-    mut incoming: tokio::sync::mpsc::Receiver<TcpStream>,
-    domain: Arc<RecoveryDomain>,
-    me: MemberId,
-    state: watch::Receiver<Arc<GroupState>>,
-    local: Arc<Mutex<LocalView>>,
-) {
-    while let Some(mut s) = incoming.recv().await {
-        let domain = domain.clone();
-        let state = state.clone();
-        let local = local.clone();
-        tokio::spawn(async move {
-            let req = tokio::time::timeout(
-                Duration::from_secs(5),
-                control::read_frame::<_, control::Request>(&mut s),
-            )
-            .await;
-            let Ok(Ok(control::Request::Status)) = req else {
-                return;
-            };
-            let view = local.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            let st = state.borrow().clone();
-            let report = report::build(&domain, me, &st, &view);
-            let _ = control::write_frame(&mut s, &report).await;
-        });
     }
 }

@@ -100,6 +100,9 @@ pub fn build(
             r.resynced_bytes = rep.resynced_bytes;
             r.bytes_to_go = rep.bytes_to_go;
             r.lag_bytes = rep.lag_bytes;
+            r.rate_bytes_per_s = rep.rate_bytes_per_s as f64;
+            r.eta_s = rep.eta_s.map(|s| s as f64);
+            r.lag_s = rep.lag_ms as f64 / 1000.0;
             if let Some(c) = live {
                 r.state = link_state_name(c).into();
                 r.resynced_bytes = c.resynced_bytes;
@@ -176,10 +179,170 @@ pub fn sync_report(c: &CopyStats) -> crate::group::SyncReport {
         LinkState::UpToDate => CopyState::UpToDate,
         LinkState::SplitBrain => CopyState::SplitBrain,
     };
+    let resyncing = c.resync_bytes_to_go > 0;
     crate::group::SyncReport {
         state,
         resynced_bytes: c.resynced_bytes,
         bytes_to_go: c.resync_bytes_to_go,
         lag_bytes: c.lag_bytes,
+        // Whole units are plenty for display and keep the report exact (Eq).
+        // A finished resync has no rate: the report then stops changing, so
+        // nothing more is replicated until something happens.
+        rate_bytes_per_s: if resyncing {
+            finite_u64(c.resync_rate_bytes_per_s)
+        } else {
+            0
+        },
+        eta_s: c
+            .resync_eta_s
+            .filter(|_| resyncing)
+            .map(|s| finite_u64(s.ceil())),
+        lag_ms: finite_u64(c.lag_s * 1000.0),
+    }
+}
+
+/// `v` rounded down to a u64; NaN and negatives are 0, huge values saturate.
+fn finite_u64(v: f64) -> u64 {
+    if v.is_finite() && v > 0.0 {
+        v as u64
+    } else {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::group::{GroupCommand, ResourceId, SyncReport};
+
+    const DOMAIN: &str = r#"
+group = "payroll"
+mode = "async"
+secret = "s"
+[[site]]
+name = "prod"
+resource = "payroll-prod"
+[[site]]
+name = "dr"
+resource = "payroll-dr"
+[[member]]
+name = "a1"
+address = "127.0.0.1:1"
+disks = ["/p"]
+nbd = "unix:/run/p.sock"
+[[member]]
+name = "b1"
+address = "127.0.0.1:2"
+disks = ["/d"]
+[[member]]
+name = "w1"
+address = "127.0.0.1:3"
+"#;
+
+    /// a1 hosts production and mirrors to b1; a1 then reports `report`.
+    fn mirrored(report: SyncReport) -> (RecoveryDomain, GroupState) {
+        let d = RecoveryDomain::from_toml_str(DOMAIN).expect("domain");
+        let mut s = GroupState::new(&d);
+        let fp = s.domain.fingerprint;
+        for (m, r) in [(0, "payroll-prod"), (1, "payroll-dr")] {
+            s.apply(&GroupCommand::Join {
+                member: MemberId(m),
+                subgroups: vec![ResourceId::from(r)],
+                fingerprint: fp,
+            })
+            .expect("join");
+        }
+        let epoch = s.mirrors.first().expect("a mirroring pair").epoch;
+        s.apply(&GroupCommand::SyncProgress {
+            member: MemberId(0),
+            resource: ResourceId::from("payroll-dr"),
+            epoch,
+            report,
+        })
+        .expect("progress");
+        (d, s)
+    }
+
+    #[test]
+    fn a_member_without_the_links_shows_resync_progress_rate_and_eta_from_the_group() {
+        let (d, s) = mirrored(SyncReport {
+            state: CopyState::Resyncing,
+            resynced_bytes: 1 << 20,
+            bytes_to_go: 3 << 20,
+            rate_bytes_per_s: 1 << 20,
+            eta_s: Some(3),
+            ..SyncReport::default()
+        });
+        let r = build(&d, MemberId(2), &s, &LocalView::default());
+        let copy = &r.resources[1];
+        assert_eq!(copy.state, "Inconsistent");
+        assert_eq!((copy.resynced_bytes, copy.bytes_to_go), (1 << 20, 3 << 20));
+        assert_eq!(copy.rate_bytes_per_s, (1 << 20) as f64);
+        assert_eq!(copy.eta_s, Some(3.0));
+        let text = r.to_text();
+        assert!(
+            text.contains("25.0%") && text.contains("1.0 MiB/s") && text.contains("eta 3s"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_member_without_the_links_shows_up_to_date_and_async_lag_from_the_group() {
+        let (d, s) = mirrored(SyncReport {
+            state: CopyState::UpToDate,
+            ..SyncReport::default()
+        });
+        let r = build(&d, MemberId(1), &s, &LocalView::default());
+        assert_eq!(r.resources[1].state, "UpToDate");
+
+        let (d, s) = mirrored(SyncReport {
+            state: CopyState::Lagging,
+            lag_bytes: 64 << 10,
+            lag_ms: 1500,
+            ..SyncReport::default()
+        });
+        let r = build(&d, MemberId(2), &s, &LocalView::default());
+        assert_eq!(
+            (r.resources[1].lag_bytes, r.resources[1].lag_s),
+            (64 << 10, 1.5)
+        );
+        assert!(
+            r.to_text().contains("lag 64.0 KiB (1.5s)"),
+            "{}",
+            r.to_text()
+        );
+    }
+
+    #[test]
+    fn the_replicated_report_of_a_finished_resync_carries_no_rate() {
+        use crate::replication::LinkState;
+        let mut c = CopyStats {
+            name: "b1".into(),
+            state: LinkState::UpToDate,
+            bytes_sent: 0,
+            bytes_acked: 0,
+            lag_bytes: 0,
+            lag_s: 0.0,
+            resynced_bytes: 8 << 20,
+            resync_chunks_skipped: 0,
+            resync_bytes_to_go: 0,
+            resync_rate_bytes_per_s: 123_456.7,
+            resync_eta_s: None,
+            sessions: 1,
+            last_error: None,
+        };
+        let done = sync_report(&c);
+        assert_eq!(
+            (done.state, done.rate_bytes_per_s, done.eta_s),
+            (CopyState::UpToDate, 0, None)
+        );
+        c.state = LinkState::Inconsistent;
+        c.resync_bytes_to_go = 1 << 20;
+        c.resync_eta_s = Some(f64::NAN);
+        let moving = sync_report(&c);
+        assert_eq!(
+            (moving.state, moving.rate_bytes_per_s, moving.eta_s),
+            (CopyState::Resyncing, 123_456, Some(0))
+        );
     }
 }

@@ -61,6 +61,8 @@ pub struct Roles {
     /// Where incoming replication connections go: the receiver of the
     /// copy this member hosts (a member hosts at most one copy per site).
     replication_sink: Arc<Mutex<Option<mpsc::Sender<TcpStream>>>>,
+    /// Write counters for the NBD export, when the member serves metrics.
+    write_metrics: Option<crate::obs::WriteMetrics>,
 }
 
 impl Roles {
@@ -79,7 +81,13 @@ impl Roles {
             production: None,
             receiving: BTreeMap::new(),
             replication_sink: Arc::default(),
+            write_metrics: None,
         }
+    }
+
+    /// Count the NBD export's writes into `writes` (from the next serve on).
+    pub fn set_write_metrics(&mut self, writes: crate::obs::WriteMetrics) {
+        self.write_metrics = Some(writes);
     }
 
     /// Route incoming replication connections to whichever receiver runs.
@@ -281,6 +289,7 @@ impl Roles {
 
     async fn serve(&mut self, address: NbdAddress, epoch: u64) -> anyhow::Result<()> {
         let group = self.domain.group.clone();
+        let writes = self.write_metrics.clone();
         let p = self.production()?;
         p.volume.set_epoch(epoch);
         if p.serving.is_some() {
@@ -299,7 +308,11 @@ impl Roles {
         let server = Server::bind(std::slice::from_ref(&listen), ServerConfig::default())
             .await
             .with_context(|| format!("serve the volume at {address}"))?;
-        let mut export = Export::new(group.clone(), p.volume.clone());
+        let device: Arc<dyn crate::storage::BlockDevice> = match writes {
+            Some(w) => Arc::new(super::metered::MeteredVolume::new(p.volume.clone(), w)),
+            None => p.volume.clone(),
+        };
+        let mut export = Export::new(group.clone(), device);
         export.description = format!("geomirror volume {group}");
         let (stop, mut stop_rx) = watch::channel(false);
         let task = tokio::spawn(async move {
@@ -428,6 +441,14 @@ impl Roles {
         self.production
             .as_ref()
             .map(|p| p.volume.links().iter().map(|l| l.stats()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The copy links, when this member is the production host (for verify).
+    pub fn copy_links(&self) -> Vec<Arc<crate::replication::CopyLink>> {
+        self.production
+            .as_ref()
+            .map(|p| p.volume.links())
             .unwrap_or_default()
     }
 
