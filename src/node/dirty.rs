@@ -61,12 +61,6 @@ impl SharedBitmap {
         })
     }
 
-    /// Forget the link to `name` (its chunks stay dirty on disk until a
-    /// clear pass finds no other reason to keep them).
-    pub fn drop_link(&self, name: &str) {
-        self.lock().links.retain(|(n, _)| n != name);
-    }
-
     /// One clear pass: drop the durable bit of every chunk that no link
     /// needs and no write touched since the previous pass, then persist.
     /// Only while at least one link exists: with no copy connected at all,

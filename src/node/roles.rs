@@ -155,8 +155,17 @@ impl Roles {
                 let name = self.member_name(to);
                 if let Some(p) = &self.production {
                     tracing::info!(%resource, copy = %name, "stop mirroring");
-                    p.volume.remove_copy(&name);
-                    p.bitmap.drop_link(&name);
+                    // The link stops sending but stays in the volume, so
+                    // every write made while the copy is away keeps being
+                    // marked in its dirty log: when the copy rejoins
+                    // (block 92), the resync must include those writes.
+                    // Dropping the log here lost them (the copy came back
+                    // "up to date" without the writes made in its absence).
+                    for l in p.volume.links() {
+                        if l.name() == name {
+                            l.stop();
+                        }
+                    }
                 }
             }
             Action::ServeVolume { address, epoch } => self.serve(address, epoch).await?,
