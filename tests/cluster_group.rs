@@ -37,22 +37,6 @@ fn nbd_size(c: &Cluster, member: &str) -> u64 {
     out.trim().parse().expect("nbdinfo prints a size")
 }
 
-/// Writes a recognisable pattern (seeded) of `len` bytes at `offset` through NBD.
-fn nbd_write_pattern(uri: &str, offset: u64, len: usize, seed: u8) {
-    let code = format!(
-        "data = bytes(((i * 7 + {seed}) % 251) for i in range({len}))\nh.pwrite(data, {offset})\nh.flush()\n"
-    );
-    common::run_ok(common::debian_cmd("nbdsh").args(["-u", uri, "-c", &code]));
-}
-
-/// Reads `len` bytes at `offset` through NBD and asserts they hold the pattern.
-fn nbd_check_pattern(uri: &str, offset: u64, len: usize, seed: u8) {
-    let code = format!(
-        "data = bytes(((i * 7 + {seed}) % 251) for i in range({len}))\nassert h.pread({len}, {offset}) == data, 'pattern differs'\n"
-    );
-    common::run_ok(common::debian_cmd("nbdsh").args(["-u", uri, "-c", &code]));
-}
-
 fn run_start_order(spec: Spec, order: &[&str]) {
     let mut c = Cluster::new(spec);
     c.start_all(order);
@@ -113,16 +97,16 @@ fn clean_stop_of_production_host_hands_the_volume_to_the_next_member() {
     c.start_all(&["a1", "a2", "b1", "w1"]);
     let s = c.wait_synced("w1");
     assert_eq!(host_of(&s, "payroll-prod"), Some("a1"));
-    nbd_write_pattern(&c.nbd_uri("a1"), 1 << 20, 256 << 10, 3);
+    cluster_support::nbd_write_pattern(&c.nbd_uri("a1"), 1 << 20, 256 << 10, 3);
     c.stop("a1");
     let s = c.wait_status("w1", "a2 hosts production", |s| {
         host_of(s, "payroll-prod") == Some("a2") && member_state(s, "a1") == "left"
     });
     assert_eq!(host_of(&s, "payroll-dr"), Some("b1"));
     common::wait_for_unix(&c.nbd_socket("a2"), cluster_support::SETTLE);
-    nbd_check_pattern(&c.nbd_uri("a2"), 1 << 20, 256 << 10, 3);
+    cluster_support::nbd_check_pattern(&c.nbd_uri("a2"), 1 << 20, 256 << 10, 3);
     // The copy keeps following the new production host.
-    nbd_write_pattern(&c.nbd_uri("a2"), 4 << 20, 128 << 10, 9);
+    cluster_support::nbd_write_pattern(&c.nbd_uri("a2"), 4 << 20, 128 << 10, 9);
     c.wait_synced("w1");
     c.stop_all();
     c.assert_identical(1);
@@ -142,7 +126,7 @@ fn killed_copy_host_is_marked_failed_and_rejoins_on_restart() {
     });
     assert_eq!(host_of(&s, "payroll-prod"), Some("a1"));
     // Production keeps serving while the copy is gone.
-    nbd_write_pattern(&c.nbd_uri("a1"), 2 << 20, 512 << 10, 5);
+    cluster_support::nbd_write_pattern(&c.nbd_uri("a1"), 2 << 20, 512 << 10, 5);
     c.start("b1");
     let s = c.wait_status("a1", "b1 rejoined and synced", |s| {
         member_state(s, "b1") == "joined"

@@ -290,7 +290,15 @@ impl Cluster {
 
     /// `status --json --member member`, None when it does not answer.
     pub fn status(&self, member: &str) -> Option<StatusReport> {
-        let out = Command::new(common::bin())
+        let mut cmd = match self.wrap.get(member) {
+            Some(prefix) => {
+                let mut c = Command::new(&prefix[0]);
+                c.args(&prefix[1..]).arg(common::bin());
+                c
+            }
+            None => Command::new(common::bin()),
+        };
+        let out = cmd
             .args(["status", "--json", "--config"])
             .arg(&self.config)
             .args(["--member", member])
@@ -520,4 +528,20 @@ pub fn fio_verified(uri: &str, size: &str, extra: &[&str]) -> Command {
     ]);
     c.args(extra);
     c
+}
+
+/// Writes a recognisable pattern (seeded) of `len` bytes at `offset` through NBD.
+pub fn nbd_write_pattern(uri: &str, offset: u64, len: usize, seed: u8) {
+    let code = format!(
+        "data = bytes(((i * 7 + {seed}) % 251) for i in range({len}))\nh.pwrite(data, {offset})\nh.flush()\n"
+    );
+    common::run_ok(common::debian_cmd("nbdsh").args(["-u", uri, "-c", &code]));
+}
+
+/// Reads `len` bytes at `offset` through NBD and asserts they hold the pattern.
+pub fn nbd_check_pattern(uri: &str, offset: u64, len: usize, seed: u8) {
+    let code = format!(
+        "data = bytes(((i * 7 + {seed}) % 251) for i in range({len}))\nassert h.pread({len}, {offset}) == data, 'pattern differs'\n"
+    );
+    common::run_ok(common::debian_cmd("nbdsh").args(["-u", uri, "-c", &code]));
 }
