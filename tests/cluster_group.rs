@@ -196,7 +196,7 @@ fn member_with_a_different_recovery_domain_is_refused() {
     );
     let other = c.dir.path().join("other.toml");
     std::fs::write(&other, swapped).expect("write the modified domain");
-    assert_refused(&c, &other, "recovery domain");
+    assert_refused(&c, &other, "has recovery domain");
 }
 
 #[test]
@@ -276,5 +276,32 @@ fn disk_with_a_corrupt_label_is_refused() {
     );
     let other = c.dir.path().join("corrupt.toml");
     std::fs::write(&other, text).expect("write the domain");
-    assert_refused(&c, &other, "corrupt");
+    assert_refused(&c, &other, "crc mismatch");
+}
+
+#[test]
+fn killed_production_host_fails_over_and_the_copy_follows_the_new_host() {
+    if !common::require(&["nbdsh", "fio"]) {
+        return;
+    }
+    let mut c = Cluster::new(Spec::payroll("sync", "32M"));
+    c.start_all(&["a1", "a2", "b1", "w1"]);
+    c.wait_synced("w1");
+    cluster_support::nbd_write_pattern(&c.nbd_uri("a1"), 1 << 20, 256 << 10, 21);
+    c.kill("a1");
+    let s = c.wait_status("w1", "a2 hosts production after a1's crash", |s| {
+        member_state(s, "a1") == "failed" && host_of(s, "payroll-prod") == Some("a2")
+    });
+    assert_eq!(host_of(&s, "payroll-dr"), Some("b1"));
+    common::wait_for_unix(&c.nbd_socket("a2"), cluster_support::SETTLE);
+    // Acknowledged writes survive the crash of the host that took them.
+    cluster_support::nbd_check_pattern(&c.nbd_uri("a2"), 1 << 20, 256 << 10, 21);
+    common::run_ok(&mut cluster_support::fio_verified(
+        &c.nbd_uri("a2"),
+        "8M",
+        &[],
+    ));
+    c.wait_synced("w1");
+    c.stop_all();
+    c.assert_identical(1);
 }
