@@ -134,8 +134,15 @@ fn killed_copy_host_is_marked_failed_and_rejoins_on_restart() {
             && cluster_support::all_synced(s)
     });
     assert!(s.mirroring.iter().any(|m| m.to == "b1"), "{}", s.to_text());
+    // Once the deferred clear pass has run, nothing stays dirty.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
     c.stop_all();
     c.assert_identical(1);
+    assert_eq!(
+        dirty_bytes(&c.disk(0)),
+        0,
+        "chunks left dirty on production"
+    );
 }
 
 /// Runs a2 with `config` against a running {a1, b1, w1}; asserts it exits
@@ -304,4 +311,55 @@ fn killed_production_host_fails_over_and_the_copy_follows_the_new_host() {
     c.wait_synced("w1");
     c.stop_all();
     c.assert_identical(1);
+}
+
+/// Dirty bytes recorded in the label area of `disk`.
+fn dirty_bytes(disk: &std::path::Path) -> u64 {
+    let out = common::run_ok(
+        Command::new(common::bin())
+            .args(["label", "--json"])
+            .arg(disk),
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).expect("label JSON");
+    v["dirty_bytes"].as_u64().expect("dirty_bytes")
+}
+
+#[test]
+fn killed_copy_host_hands_its_disk_to_the_next_member_of_its_site() {
+    if !common::require(&["nbdsh"]) {
+        return;
+    }
+    let mut c = Cluster::new(Spec::new(
+        "sync",
+        2,
+        "32M",
+        &[
+            ("a1", Some(0)),
+            ("b1", Some(1)),
+            ("b2", Some(1)),
+            ("w1", None),
+        ],
+    ));
+    c.start_all(&["a1", "b1", "b2", "w1"]);
+    let s = c.wait_synced("w1");
+    assert_eq!(host_of(&s, "payroll-dr"), Some("b1"));
+    c.kill("b1");
+    cluster_support::nbd_write_pattern(&c.nbd_uri("a1"), 5 << 20, 256 << 10, 31);
+    c.wait_status("w1", "b2 hosts the copy, in sync", |s| {
+        member_state(s, "b1") == "failed"
+            && host_of(s, "payroll-dr") == Some("b2")
+            && cluster_support::all_synced(s)
+    });
+    cluster_support::nbd_write_pattern(&c.nbd_uri("a1"), 9 << 20, 256 << 10, 32);
+    c.wait_synced("w1");
+    // Give the deferred clear pass its period, then stop: a copy in sync
+    // leaves no chunk dirty on the production disk.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    c.stop_all();
+    c.assert_identical(1);
+    assert_eq!(
+        dirty_bytes(&c.disk(0)),
+        0,
+        "chunks left dirty on production"
+    );
 }

@@ -61,6 +61,13 @@ impl SharedBitmap {
         })
     }
 
+    /// Forget the link to `name` for good (another link now tracks its
+    /// disk); its chunks stay dirty on disk until a clear pass finds no
+    /// other reason to keep them.
+    pub fn forget_link(&self, name: &str) {
+        self.lock().links.retain(|(n, _)| n != name);
+    }
+
     /// One clear pass: drop the durable bit of every chunk that no link
     /// needs and no write touched since the previous pass, then persist.
     /// Only while at least one link exists: with no copy connected at all,
