@@ -204,6 +204,13 @@ fn member_with_a_different_recovery_domain_is_refused() {
     let other = c.dir.path().join("other.toml");
     std::fs::write(&other, swapped).expect("write the modified domain");
     assert_refused(&c, &other, "has recovery domain");
+    // The refused member left no vote behind: the group still survives the
+    // loss of one of its three members (b1 is declared failed).
+    let mut c = c;
+    c.kill("b1");
+    c.wait_status("a1", "b1 marked failed after a2's refusal", |s| {
+        member_state(s, "b1") == "failed"
+    });
 }
 
 #[test]
