@@ -5,11 +5,11 @@
 mod cluster_support;
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use cluster_support::{fio_verified, host_of, member_state, Cluster, Spec};
+use cluster_support::{fio_verified, host_of, member_state, Cluster, Mounts, Spec};
 use common::{run_ok, Proc};
 
 /// The copy resource's report in `member`'s status.
@@ -210,46 +210,6 @@ fn two_copy_sites_are_identical_after_a_verified_fio_run() {
     c.stop_all();
     c.assert_identical(1);
     c.assert_identical(2);
-}
-
-/// Undoes mounts, loop devices, the FUSE mount and nbdfuse, even on failure.
-#[derive(Default)]
-struct Mounts {
-    mounted: Vec<PathBuf>,
-    loops: Vec<String>,
-    fuse: Option<PathBuf>,
-    nbdfuse: Option<Proc>,
-}
-
-impl Mounts {
-    fn umount(&mut self, at: &Path) {
-        run_ok(Command::new("umount").arg(at));
-        self.mounted.retain(|m| m != at);
-    }
-
-    fn detach(&mut self, dev: &str) {
-        run_ok(Command::new("losetup").args(["-d", dev]));
-        self.loops.retain(|l| l != dev);
-    }
-}
-
-impl Drop for Mounts {
-    fn drop(&mut self) {
-        for m in self.mounted.drain(..).rev() {
-            let _ = Command::new("umount").arg(&m).status();
-        }
-        for l in self.loops.drain(..) {
-            let _ = Command::new("losetup").args(["-d", &l]).status();
-        }
-        if let Some(d) = self.fuse.take() {
-            let _ = Command::new("fusermount3")
-                .arg("-u")
-                .arg(&d)
-                .stderr(Stdio::null())
-                .status();
-        }
-        self.nbdfuse.take();
-    }
 }
 
 #[test]

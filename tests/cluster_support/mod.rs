@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -13,81 +12,22 @@ use geomirror::node::status::StatusReport;
 
 use crate::common::{self, Proc};
 
+mod checks;
+mod mounts;
+mod spec;
+
+pub use checks::*;
+// Each test binary uses its own part of these.
+#[allow(unused_imports)]
+pub use mounts::Mounts;
+#[allow(unused_imports)]
+pub use spec::{MemberSpec, SiteSpec, Spec};
+
 /// Failure timeout given to `geomirror up` so that a dead member is
 /// declared failed within a test's patience.
 pub const FAIL_TIMEOUT_MS: u64 = 1_500;
 /// Patience for one group transition (election, join, failover).
 pub const SETTLE: Duration = Duration::from_secs(30);
-
-/// One site: a name, the resource id of its disk and the disk's file size.
-#[derive(Clone, Debug)]
-pub struct SiteSpec {
-    pub name: String,
-    pub resource: String,
-    pub size: String,
-}
-
-/// One member: its name and the site whose disk it can access (None: witness).
-#[derive(Clone, Debug)]
-pub struct MemberSpec {
-    pub name: String,
-    pub site: Option<usize>,
-    /// Engine and replication address, `HOST:PORT`.
-    pub address: String,
-}
-
-/// The shape of a group to build.
-#[derive(Clone, Debug)]
-pub struct Spec {
-    pub group: String,
-    /// `sync` or `async`.
-    pub mode: String,
-    pub sites: Vec<SiteSpec>,
-    pub members: Vec<MemberSpec>,
-}
-
-impl Spec {
-    /// Sites named `prod`, `dr`, `dr2`, … with disks of `size`; members
-    /// given as `(name, site index or None for a witness)` in backup order,
-    /// each on a free loopback port.
-    pub fn new(mode: &str, sites: usize, size: &str, members: &[(&str, Option<usize>)]) -> Spec {
-        let names = ["prod", "dr", "dr2", "dr3"];
-        Spec {
-            group: "payroll".into(),
-            mode: mode.into(),
-            sites: (0..sites)
-                .map(|i| SiteSpec {
-                    name: names[i].into(),
-                    resource: format!("payroll-{}", names[i]),
-                    size: size.into(),
-                })
-                .collect(),
-            members: members
-                .iter()
-                .map(|(n, s)| MemberSpec {
-                    name: (*n).into(),
-                    site: *s,
-                    address: format!("127.0.0.1:{}", common::free_port()),
-                })
-                .collect(),
-        }
-    }
-
-    /// The usual group: prod {a1, a2}, dr {b1}, witness w1.
-    pub fn payroll(mode: &str, size: &str) -> Spec {
-        Spec::new(
-            mode,
-            2,
-            size,
-            &[
-                ("a1", Some(0)),
-                ("a2", Some(0)),
-                ("b1", Some(1)),
-                ("w1", None),
-            ],
-        )
-    }
-}
 
 /// A group under test: its files in a temp dir and its running members.
 pub struct Cluster {
@@ -437,111 +377,4 @@ impl Drop for Cluster {
         }
         self.procs.clear();
     }
-}
-
-/// True when the production disk is hosted and every copy is hosted,
-/// `UpToDate` and has nothing left to move.
-pub fn all_synced(s: &StatusReport) -> bool {
-    !s.resources.is_empty()
-        && s.resources.iter().all(|r| {
-            r.host.is_some()
-                && r.state == "UpToDate"
-                && r.bytes_to_go == 0
-                && (r.role == "production" || r.lag_bytes == 0)
-        })
-}
-
-/// The group as every member must see it: epoch, each member's state,
-/// subgroups and hosted disks, and each resource's host.
-pub fn agreed_view(s: &StatusReport) -> String {
-    let mut v = format!("epoch {}\n", s.epoch);
-    for m in &s.members {
-        let _ = writeln!(
-            v,
-            "{} {} sub={:?} hosts={:?}",
-            m.name, m.state, m.subgroups, m.hosts
-        );
-    }
-    for r in &s.resources {
-        let _ = writeln!(v, "{} host={:?}", r.id, r.host);
-    }
-    v
-}
-
-/// The state of `member` in a status report.
-pub fn member_state<'a>(s: &'a StatusReport, member: &str) -> &'a str {
-    s.members
-        .iter()
-        .find(|m| m.name == member)
-        .map(|m| m.state.as_str())
-        .unwrap_or("missing")
-}
-
-/// The host of resource `id`.
-pub fn host_of<'a>(s: &'a StatusReport, id: &str) -> Option<&'a str> {
-    s.resources
-        .iter()
-        .find(|r| r.id == id)
-        .and_then(|r| r.host.as_deref())
-}
-
-/// The first byte offset below `len` where files `a` and `b` differ.
-pub fn first_difference(a: &Path, b: &Path, len: u64) -> Option<u64> {
-    let mut fa = std::fs::File::open(a).expect("open disk a");
-    let mut fb = std::fs::File::open(b).expect("open disk b");
-    let mut ba = vec![0u8; 1 << 20];
-    let mut bb = vec![0u8; 1 << 20];
-    let mut off = 0u64;
-    while off < len {
-        let n = ((len - off) as usize).min(ba.len());
-        fa.read_exact(&mut ba[..n]).expect("read disk a");
-        fb.read_exact(&mut bb[..n]).expect("read disk b");
-        if ba[..n] != bb[..n] {
-            let i = ba[..n]
-                .iter()
-                .zip(&bb[..n])
-                .position(|(x, y)| x != y)
-                .expect("slices differ");
-            return Some(off + i as u64);
-        }
-        off += n as u64;
-    }
-    None
-}
-
-/// Runs fio's nbd engine against `uri`: random 4k writes over `size`
-/// bytes, each block verified with crc32c after the write phase.
-pub fn fio_verified(uri: &str, size: &str, extra: &[&str]) -> Command {
-    let mut c = common::debian_cmd("fio");
-    c.args([
-        "--name=mirror",
-        "--ioengine=nbd",
-        &format!("--uri={uri}"),
-        "--rw=randwrite",
-        "--bs=4k",
-        &format!("--size={size}"),
-        "--iodepth=8",
-        "--verify=crc32c",
-        "--do_verify=1",
-        "--verify_fatal=1",
-        "--randrepeat=0",
-    ]);
-    c.args(extra);
-    c
-}
-
-/// Writes a recognisable pattern (seeded) of `len` bytes at `offset` through NBD.
-pub fn nbd_write_pattern(uri: &str, offset: u64, len: usize, seed: u8) {
-    let code = format!(
-        "data = bytes(((i * 7 + {seed}) % 251) for i in range({len}))\nh.pwrite(data, {offset})\nh.flush()\n"
-    );
-    common::run_ok(common::debian_cmd("nbdsh").args(["-u", uri, "-c", &code]));
-}
-
-/// Reads `len` bytes at `offset` through NBD and asserts they hold the pattern.
-pub fn nbd_check_pattern(uri: &str, offset: u64, len: usize, seed: u8) {
-    let code = format!(
-        "data = bytes(((i * 7 + {seed}) % 251) for i in range({len}))\nassert h.pread({len}, {offset}) == data, 'pattern differs'\n"
-    );
-    common::run_ok(common::debian_cmd("nbdsh").args(["-u", uri, "-c", &code]));
 }
