@@ -7,6 +7,7 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use cluster_support::{agreed_view, host_of, member_state, Cluster, Spec};
 
@@ -19,8 +20,16 @@ struct Netns {
 impl Netns {
     fn up(n: usize) -> Netns {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/netns-cluster.sh");
-        // Unique per run, short enough for interface names (`PREFIXbr0`).
-        let prefix = format!("gt{:04x}", std::process::id() & 0xffff);
+        // Unique per test (tests of one binary run in parallel), short
+        // enough for interface names (`PREFIXbr0`), ending in a letter so
+        // that `PREFIX1` never matches another prefix's namespaces.
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let k = NEXT.fetch_add(1, Ordering::Relaxed);
+        let prefix = format!(
+            "g{}{}n",
+            std::process::id() % 100_000,
+            (b'a' + k as u8) as char
+        );
         let ns = Netns { script, prefix };
         ns.run(&["down", &ns.prefix]);
         common::run_ok(
@@ -108,6 +117,46 @@ fn member_cut_off_the_network_is_marked_failed_and_rejoins_when_restored() {
             && host_of(s, "payroll-dr") == Some("b1")
             && cluster_support::all_synced(s)
     });
+    c.stop_all();
+    c.assert_identical(1);
+}
+
+#[test]
+fn production_host_cut_off_rejoins_and_its_copy_ends_identical() {
+    if !common::require(&["ip", "nbdsh"]) || !common::require_root() {
+        return;
+    }
+    let net = Netns::up(3);
+    let mut spec = Spec::new(
+        "sync",
+        2,
+        "32M",
+        &[("a1", Some(0)), ("b1", Some(1)), ("w1", None)],
+    );
+    for (i, m) in spec.members.iter_mut().enumerate() {
+        m.address = format!("10.231.0.{}:7401", 11 + i);
+    }
+    let names = ["a1", "b1", "w1"];
+    let mut c = Cluster::new(spec);
+    for (i, m) in names.iter().enumerate() {
+        c.wrap.insert((*m).to_string(), net.exec_prefix(i + 1));
+    }
+    c.start_all(&names);
+    c.wait_synced("a1");
+    net.cut(1);
+    c.wait_status("w1", "a1 marked failed", |s| {
+        member_state(s, "a1") == "failed"
+    });
+    net.restore(1);
+    let s = c.wait_status("w1", "a1 back as production host, copy in sync", |s| {
+        member_state(s, "a1") == "joined"
+            && host_of(s, "payroll-prod") == Some("a1")
+            && cluster_support::all_synced(s)
+    });
+    eprintln!("{}", s.to_text());
+    common::wait_for_unix(&c.nbd_socket("a1"), cluster_support::SETTLE);
+    cluster_support::nbd_write_pattern(&c.nbd_uri("a1"), 3 << 20, 256 << 10, 12);
+    c.wait_synced("w1");
     c.stop_all();
     c.assert_identical(1);
 }
