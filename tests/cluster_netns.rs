@@ -147,13 +147,15 @@ fn production_host_cut_off_rejoins_and_its_copy_ends_identical() {
     c.wait_status("w1", "a1 marked failed", |s| {
         member_state(s, "a1") == "failed"
     });
+    // The isolated host's clients still reach it over its unix socket.
+    cluster_support::nbd_write_pattern(&c.nbd_uri("a1"), 6 << 20, 128 << 10, 13);
     net.restore(1);
     let s = c.wait_status("w1", "a1 back as production host, copy in sync", |s| {
         member_state(s, "a1") == "joined"
             && host_of(s, "payroll-prod") == Some("a1")
             && cluster_support::all_synced(s)
     });
-    eprintln!("{}", s.to_text());
+    assert!(s.quorum, "{}", s.to_text());
     common::wait_for_unix(&c.nbd_socket("a1"), cluster_support::SETTLE);
     cluster_support::nbd_write_pattern(&c.nbd_uri("a1"), 3 << 20, 256 << 10, 12);
     c.wait_synced("w1");
