@@ -96,6 +96,8 @@ pub fn fio_verified(uri: &str, size: &str, extra: &[&str]) -> Command {
         "--do_verify=1",
         "--verify_fatal=1",
         "--randrepeat=0",
+        // No state file in the working directory.
+        "--verify_state_save=0",
     ]);
     c.args(extra);
     c
