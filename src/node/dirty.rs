@@ -61,9 +61,10 @@ impl SharedBitmap {
         })
     }
 
-    /// Forget the link to `name` (its chunks stay dirty on disk until a
-    /// clear pass finds no other reason to keep them).
-    pub fn drop_link(&self, name: &str) {
+    /// Forget the link to `name` for good (another link now tracks its
+    /// disk); its chunks stay dirty on disk until a clear pass finds no
+    /// other reason to keep them.
+    pub fn forget_link(&self, name: &str) {
         self.lock().links.retain(|(n, _)| n != name);
     }
 

@@ -113,6 +113,7 @@ pub async fn run(
         .context("start the group engine")?;
     let initial = engine.state().borrow().clone();
     let mut observer = Observer::start(me, &member, initial)?;
+    let was_voter = engine.is_member();
     let bootstrapped = enter_group(&engine, &peers, &opts.state_dir).await?;
     tokio::pin!(shutdown);
     // Nothing can be decided without a leader (a majority of the voters).
@@ -182,7 +183,17 @@ pub async fn run(
             // Only a refused Join keeps this member out (wrong recovery
             // domain, unknown resource): say why and stop.
             let fatal = matches!(cmd, GroupCommand::Join { .. });
-            propose(&engine, cmd, fatal).await?;
+            if let Err(e) = propose(&engine, cmd, fatal).await {
+                // A member refused right after it became a voter takes its
+                // vote back: left behind, a dead voter would cost the group
+                // its tolerance of one more failure.
+                if fatal && !was_voter {
+                    if let Err(le) = engine.leave().await {
+                        tracing::warn!("giving back the vote after the refusal: {le}");
+                    }
+                }
+                return Err(e);
+            }
         }
     }
 

@@ -36,6 +36,8 @@ struct Production {
     bitmap: Arc<SharedBitmap>,
     clear_task: JoinHandle<()>,
     serving: Option<Serving>,
+    /// The resource each copy link (by copy host name) mirrors to.
+    copies: BTreeMap<String, ResourceId>,
 }
 
 struct Serving {
@@ -163,8 +165,17 @@ impl Roles {
                 let name = self.member_name(to);
                 if let Some(p) = &self.production {
                     tracing::info!(%resource, copy = %name, "stop mirroring");
-                    p.volume.remove_copy(&name);
-                    p.bitmap.drop_link(&name);
+                    // The link stops sending but stays in the volume, so
+                    // every write made while the copy is away keeps being
+                    // marked in its dirty log: when the copy rejoins
+                    // (block 92), the resync must include those writes.
+                    // Dropping the log here lost them (the copy came back
+                    // "up to date" without the writes made in its absence).
+                    for l in p.volume.links() {
+                        if l.name() == name {
+                            l.stop();
+                        }
+                    }
                 }
             }
             Action::ServeVolume { address, epoch } => self.serve(address, epoch).await?,
@@ -253,6 +264,7 @@ impl Roles {
                 bitmap,
                 clear_task,
                 serving: None,
+                copies: BTreeMap::new(),
             });
         }
         self.production
@@ -274,8 +286,28 @@ impl Roles {
             .ok_or_else(|| anyhow!("copy host {name} is not in the recovery domain"))?;
         let secret = self.domain.secret.as_bytes().to_vec();
         let window = u32::try_from(self.domain.async_window_bytes).unwrap_or(u32::MAX);
-        let p = self.production()?;
+        self.production()?;
+        let p = self
+            .production
+            .as_mut()
+            .ok_or_else(|| anyhow!("production volume missing"))?;
         p.volume.set_epoch(epoch);
+        // A stopped link to another host of the same copy disk (its
+        // previous host, failed or gone) is stale now: the new link starts
+        // from the disk's durable dirty chunks, which include everything
+        // the old one recorded. Kept, it would pin its chunks dirty forever.
+        let stale: Vec<String> = p
+            .copies
+            .iter()
+            .filter(|(n, r)| *r == resource && **n != name)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in stale {
+            p.volume.remove_copy(&n);
+            p.bitmap.forget_link(&n);
+            p.copies.remove(&n);
+        }
+        p.copies.insert(name.clone(), resource.clone());
         let mut cfg = CopyConfig::new(&name, &addr, &secret);
         cfg.window_bytes_max = window;
         p.volume.remove_copy(&name);

@@ -145,9 +145,19 @@ impl Label {
             (Err(LabelError::Version(v)), _) | (_, Err(LabelError::Version(v))) => {
                 Err(LabelError::Version(v))
             }
-            (Err(a), Err(b)) => Err(LabelError::Corrupt(format!(
-                "no valid label: slot A: {a}; slot B: {b}"
-            ))),
+            (Err(a), Err(b)) => {
+                // `read_slots` already names the slot in a `Corrupt`
+                // reason; only other errors need the slot's name here.
+                let why = |slot: &str, e: &LabelError| match e {
+                    LabelError::Corrupt(w) => w.clone(),
+                    e => format!("{slot}: {e}"),
+                };
+                Err(LabelError::Corrupt(format!(
+                    "no valid label: {}; {}",
+                    why("slot A", &a),
+                    why("slot B", &b)
+                )))
+            }
         }
     }
 

@@ -1,0 +1,74 @@
+//! The shape of a test group: sites with their disk sizes, members in
+//! backup order on free loopback ports.
+
+use crate::common;
+
+/// One site: a name, the resource id of its disk and the disk's file size.
+#[derive(Clone, Debug)]
+pub struct SiteSpec {
+    pub name: String,
+    pub resource: String,
+    pub size: String,
+}
+
+/// One member: its name and the site whose disk it can access (None: witness).
+#[derive(Clone, Debug)]
+pub struct MemberSpec {
+    pub name: String,
+    pub site: Option<usize>,
+    /// Engine and replication address, `HOST:PORT`.
+    pub address: String,
+}
+
+/// The shape of a group to build.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub group: String,
+    /// `sync` or `async`.
+    pub mode: String,
+    pub sites: Vec<SiteSpec>,
+    pub members: Vec<MemberSpec>,
+}
+
+impl Spec {
+    /// Sites named `prod`, `dr`, `dr2`, … with disks of `size`; members
+    /// given as `(name, site index or None for a witness)` in backup order,
+    /// each on a free loopback port.
+    pub fn new(mode: &str, sites: usize, size: &str, members: &[(&str, Option<usize>)]) -> Spec {
+        let names = ["prod", "dr", "dr2", "dr3"];
+        Spec {
+            group: "payroll".into(),
+            mode: mode.into(),
+            sites: (0..sites)
+                .map(|i| SiteSpec {
+                    name: names[i].into(),
+                    resource: format!("payroll-{}", names[i]),
+                    size: size.into(),
+                })
+                .collect(),
+            members: members
+                .iter()
+                .map(|(n, s)| MemberSpec {
+                    name: (*n).into(),
+                    site: *s,
+                    address: format!("127.0.0.1:{}", common::free_port()),
+                })
+                .collect(),
+        }
+    }
+
+    /// The usual group: prod {a1, a2}, dr {b1}, witness w1.
+    pub fn payroll(mode: &str, size: &str) -> Spec {
+        Spec::new(
+            mode,
+            2,
+            size,
+            &[
+                ("a1", Some(0)),
+                ("a2", Some(0)),
+                ("b1", Some(1)),
+                ("w1", None),
+            ],
+        )
+    }
+}
