@@ -37,7 +37,7 @@ pub enum ProbeError {
         resource: String,
     },
     /// The label could not be read or is corrupt: never trusted.
-    #[error("disk {path}: {source}")]
+    #[error("disk {path}")]
     Label {
         path: String,
         #[source]
