@@ -16,9 +16,17 @@ use crate::replication::{dirty::chunk_span, ChunkSet, DirtyLog};
 use crate::storage::DirtyBitmap;
 
 /// The union bitmap on disk plus the links' own sets.
+/// Durable marks are made a whole extent at a time (DRBD's activity-log
+/// extents are 4 MiB too): a write to a fresh extent costs one bitmap write
+/// and fdatasync, later writes anywhere in it cost none. The links keep
+/// their own sets chunk by chunk, so an ordinary resync stays precise; only
+/// after a crash of the production host is a whole extent resent.
+pub const EXTENT_BYTES: u64 = 4 << 20;
+
 pub struct SharedBitmap {
     disk: Arc<DirtyBitmap>,
     chunks: u64,
+    data_bytes: u64,
     inner: Mutex<Inner>,
 }
 
@@ -35,6 +43,7 @@ impl SharedBitmap {
         Arc::new(SharedBitmap {
             disk,
             chunks,
+            data_bytes,
             inner: Mutex::new(Inner {
                 links: Vec::new(),
                 recent: ChunkSet::new(chunks),
@@ -45,6 +54,15 @@ impl SharedBitmap {
     /// The dirty log of the link to `name`. It starts with every chunk the
     /// disk holds dirty: after a crash nobody knows which copy lacks what.
     pub fn link(self: &Arc<Self>, name: &str) -> Arc<LinkLog> {
+        let link = Arc::new(LinkLog {
+            shared: self.clone(),
+            name: name.to_string(),
+        });
+        // The same copy host again (a restart, a reconnect): its own set,
+        // kept marked while it was away, is exact.
+        if self.lock().links.iter().any(|(n, _)| n == name) {
+            return link;
+        }
         let mut set = ChunkSet::new(self.chunks);
         let cb = self.disk.chunk_bytes();
         for (off, len) in self.disk.dirty_ranges() {
@@ -55,10 +73,7 @@ impl SharedBitmap {
         let mut g = self.lock();
         g.links.retain(|(n, _)| n != name);
         g.links.push((name.to_string(), set));
-        Arc::new(LinkLog {
-            shared: self.clone(),
-            name: name.to_string(),
-        })
+        link
     }
 
     /// Forget the link to `name` for good (another link now tracks its
@@ -73,18 +88,39 @@ impl SharedBitmap {
     /// Only while at least one link exists: with no copy connected at all,
     /// every chunk written stays dirty for the copies that come back.
     pub fn clear_pass(&self) -> io::Result<()> {
+        self.clear(false)
+    }
+
+    /// The last pass, on a clean stop: every extent no link needs is
+    /// cleared, however recently it was written.
+    pub fn final_pass(&self) -> io::Result<()> {
+        self.clear(true)
+    }
+
+    fn clear(&self, last: bool) -> io::Result<()> {
         let cb = self.disk.chunk_bytes();
+        let per_extent = (EXTENT_BYTES / cb).max(1);
         let mut g = self.lock();
         if g.links.is_empty() {
             return Ok(());
         }
-        let ranges: Vec<(u64, u64)> = self.disk.dirty_ranges().collect();
-        for (off, len) in ranges {
+        let mut extents: Vec<u64> = Vec::new();
+        for (off, len) in self.disk.dirty_ranges() {
             for c in chunk_span(off, len, cb) {
-                let needed = g.recent.contains(c) || g.links.iter().any(|(_, s)| s.contains(c));
-                if !needed {
-                    self.disk.clear(c * cb, cb);
+                let e = c / per_extent;
+                if extents.last() != Some(&e) {
+                    extents.push(e);
                 }
+            }
+        }
+        for e in extents {
+            let first = e * per_extent;
+            let end = (first + per_extent).min(self.chunks);
+            let needed = (first..end).any(|c| {
+                (!last && g.recent.contains(c)) || g.links.iter().any(|(_, s)| s.contains(c))
+            });
+            if !needed {
+                self.disk.clear(first * cb, (end - first) * cb);
             }
         }
         g.recent = ChunkSet::new(self.chunks);
@@ -137,9 +173,15 @@ impl DirtyLog for LinkLog {
 
     fn mark(&self, offset: u64, len: u64) -> io::Result<()> {
         // Durable first: no I/O when the chunks are already dirty on disk.
+        let start = offset - offset % EXTENT_BYTES;
+        let end = offset
+            .saturating_add(len.max(1))
+            .div_ceil(EXTENT_BYTES)
+            .saturating_mul(EXTENT_BYTES)
+            .min(self.shared.data_bytes);
         self.shared
             .disk
-            .mark(offset, len)
+            .mark(start, end.saturating_sub(start).max(1))
             .map_err(io::Error::other)?;
         let cb = self.chunk_bytes();
         self.shared.with_link(&self.name, |set, recent| {

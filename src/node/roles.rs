@@ -27,7 +27,7 @@ use super::dirty::SharedBitmap;
 /// How long a new host waits for the previous one to let go of the disk.
 const LOCK_WAIT_S: u64 = 60;
 /// Period of the dirty bitmap's deferred clears.
-const CLEAR_PERIOD_MS: u64 = 1_000;
+const CLEAR_PERIOD_MS: u64 = 10_000;
 
 /// The production disk served and mirrored by this member.
 struct Production {
@@ -378,7 +378,7 @@ impl Roles {
             }
             p.clear_task.abort();
             let bitmap = p.bitmap.clone();
-            let _ = tokio::task::spawn_blocking(move || bitmap.clear_pass()).await;
+            let _ = tokio::task::spawn_blocking(move || bitmap.final_pass()).await;
         }
     }
 
