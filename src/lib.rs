@@ -25,6 +25,7 @@
 pub mod attach;
 pub mod cmd;
 pub mod config;
+pub mod demo;
 pub mod group;
 pub mod nbd;
 pub mod node;

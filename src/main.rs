@@ -38,6 +38,8 @@ enum Command {
     Up(cmd::up::Args),
     /// Show how the group stands, as one running member sees it.
     Status(cmd::status::Args),
+    /// Run a three-member group on this machine and show it at work, end to end.
+    Demo(cmd::demo::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -51,6 +53,7 @@ fn main() -> std::process::ExitCode {
         Command::Detach(a) => cmd::detach::run(a),
         Command::Up(a) => cmd::up::run(a),
         Command::Status(a) => cmd::status::run(a),
+        Command::Demo(a) => cmd::demo::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

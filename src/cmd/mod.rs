@@ -4,6 +4,7 @@
 //! errors become messages for a person.
 
 pub mod attach;
+pub mod demo;
 pub mod detach;
 pub mod format;
 pub mod label;
