@@ -36,7 +36,11 @@ struct Check {
     detail: String,
 }
 
+/// One step of the tour; an error ends the tour.
+type Step = fn(&mut Tour) -> anyhow::Result<()>;
+
 struct Tour {
+    size_bytes: u64,
     cluster: Cluster,
     watcher: Watcher,
     checks: Vec<Check>,
@@ -69,6 +73,7 @@ pub fn tour(opts: &DemoOptions, rt: Handle) -> anyhow::Result<bool> {
     ));
     let watcher = Watcher::new(rt, cluster.domain.clone());
     let mut t = Tour {
+        size_bytes: opts.size_bytes,
         cluster,
         watcher,
         checks: Vec::new(),
@@ -78,7 +83,7 @@ pub fn tour(opts: &DemoOptions, rt: Handle) -> anyhow::Result<bool> {
         sampler: None,
         prod_host: String::new(),
     };
-    let steps: [(&str, fn(&mut Tour, u64) -> anyhow::Result<()>); 5] = [
+    let steps: [(&str, Step); 5] = [
         (
             "1. format the disks, start the members, show the roles",
             Tour::start,
@@ -97,7 +102,7 @@ pub fn tour(opts: &DemoOptions, rt: Handle) -> anyhow::Result<bool> {
     let mut failed = None;
     for (title, step) in steps {
         say(&format!("\n== {title}"));
-        if let Err(e) = step(&mut t, opts.size_bytes) {
+        if let Err(e) = step(&mut t) {
             say(&format!("   step failed: {e:#}"));
             t.record(title, false, format!("{e:#}"));
             failed = Some(e);
@@ -151,11 +156,11 @@ impl Tour {
     }
 
     /// Step 1: format, start one by one, show the status table.
-    fn start(&mut self, size_bytes: u64) -> anyhow::Result<()> {
+    fn start(&mut self) -> anyhow::Result<()> {
         for (file, resource) in [("prod.img", PROD_RESOURCE), ("dr.img", COPY_RESOURCE)] {
             say(&format!(
                 "   {}",
-                self.cluster.format(file, resource, size_bytes)?
+                self.cluster.format(file, resource, self.size_bytes)?
             ));
         }
         let label = Label::read_path(&self.cluster.disk("prod.img"))
@@ -208,7 +213,7 @@ impl Tour {
     }
 
     /// Step 2: the bulk write through the production host's NBD socket.
-    fn write(&mut self, _: u64) -> anyhow::Result<()> {
+    fn write(&mut self) -> anyhow::Result<()> {
         let member = self
             .cluster
             .domain
@@ -255,21 +260,22 @@ impl Tour {
     }
 
     /// Step 3: the copy's progress from the moment b1 started until it is in sync.
-    fn full_sync(&mut self, _: u64) -> anyhow::Result<()> {
-        let t0 = Instant::now();
+    fn full_sync(&mut self) -> anyhow::Result<()> {
         let r = self.wait(
             "the copy to be in sync",
             sync_timeout_ms(self.data_bytes),
             |r| copy_in_sync(r, "b1"),
         )?;
-        let samples = self.sampler.take().map(Sampler::finish).unwrap_or_default();
-        print_progress(&samples);
+        let sampler = self.sampler.take().context("no progress sampler")?;
+        let end_s = sampler.elapsed_s();
+        let mut samples = sampler.finish();
         let c = copy(&r).context("no copy in the status")?;
-        say(&format!(
-            "   now: {}  ({:.1} s after step 2)",
-            describe_copy(c),
-            t0.elapsed().as_secs_f64()
-        ));
+        samples.push(Sample {
+            at_s: end_s,
+            copy: c.clone(),
+        });
+        say("   the copy as status showed it, from the start of b1:");
+        print_progress(&samples);
         let saw_inconsistent = samples.iter().any(|s| s.copy.state == "Inconsistent");
         let whole = c.resynced_bytes >= self.data_bytes;
         self.record(
@@ -290,7 +296,7 @@ impl Tour {
     }
 
     /// Step 4: SIGKILL b1, write scattered chunks, restart b1, partial resync.
-    fn crash_copy(&mut self, _: u64) -> anyhow::Result<()> {
+    fn crash_copy(&mut self) -> anyhow::Result<()> {
         let st = self.cluster.crash("b1")?;
         say(&format!("   SIGKILL b1: {}", describe(&st)));
         let chunk = self.model.chunk_bytes;
@@ -346,7 +352,7 @@ impl Tour {
 
     /// Step 5: SIGTERM (copy first, then the production site together, so
     /// each leave is decided while a majority still runs), then compare.
-    fn stop_and_compare(&mut self, _: u64) -> anyhow::Result<()> {
+    fn stop_and_compare(&mut self) -> anyhow::Result<()> {
         self.client = None;
         let mut exits = Vec::new();
         for batch in [&["b1"][..], &["a2", "a1"][..]] {
@@ -428,7 +434,8 @@ fn sync_timeout_ms(bytes: u64) -> u64 {
     60_000 + bytes / (1 << 20) * 1000
 }
 
-/// The sampled progress, one line per change of state or 10% of progress.
+/// The sampled progress: one line per change of state or per 10 points
+/// of progress, and the last one.
 fn print_progress(samples: &[Sample]) {
     let mut last: Option<(String, f64)> = None;
     for (i, s) in samples.iter().enumerate() {
@@ -444,7 +451,7 @@ fn print_progress(samples: &[Sample]) {
             }
         };
         if show {
-            say(&format!("   +{:5.1} s  copy {}", s.at_s, describe_copy(c)));
+            say(&format!("   +{:5.1} s  {}", s.at_s, describe_copy(c)));
             last = Some((c.state.clone(), pct));
         }
     }

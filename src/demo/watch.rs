@@ -106,7 +106,7 @@ pub fn copy_in_sync(r: &StatusReport, host: &str) -> bool {
 pub fn describe_copy(c: &ResourceStatus) -> String {
     use crate::units::format_size;
     let total = c.resynced_bytes + c.bytes_to_go;
-    let mut s = format!("{:<12}", c.state);
+    let mut s = c.state.clone();
     if c.bytes_to_go > 0 {
         s += &format!(
             " {:5.1}%  {} of {}  at {}/s",
@@ -134,6 +134,7 @@ pub struct Sample {
 
 /// Polls status on its own thread until stopped, keeping the copy's states.
 pub struct Sampler {
+    started: Instant,
     stop: Arc<AtomicBool>,
     samples: Arc<Mutex<Vec<Sample>>>,
     thread: Option<JoinHandle<()>>,
@@ -144,8 +145,9 @@ impl Sampler {
         let stop = Arc::new(AtomicBool::new(false));
         let samples = Arc::new(Mutex::new(Vec::new()));
         let (stop2, samples2) = (stop.clone(), samples.clone());
+        let started = Instant::now();
         let thread = std::thread::spawn(move || {
-            let start = Instant::now();
+            let start = started;
             while !stop2.load(Ordering::Relaxed) && !interrupted() {
                 if let Ok(r) = watcher.status() {
                     if let Some(c) = copy(&r) {
@@ -165,10 +167,16 @@ impl Sampler {
             }
         });
         Sampler {
+            started,
             stop,
             samples,
             thread: Some(thread),
         }
+    }
+
+    /// Seconds since sampling started.
+    pub fn elapsed_s(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
     }
 
     /// The samples so far.
