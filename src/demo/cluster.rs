@@ -217,6 +217,13 @@ impl Cluster {
         Ok(())
     }
 
+    /// The last line of `name`'s log tail containing `needle`.
+    pub fn last_log_line(&self, name: &str, needle: &str) -> Option<String> {
+        let text = tail(&self.members.get(name)?.log).ok()?;
+        let line = text.lines().rev().find(|l| l.contains(needle))?;
+        Some(line.trim().to_string())
+    }
+
     /// Each member's log path and its last lines, for a failure report.
     pub fn log_tails(&self) -> String {
         let mut s = String::new();

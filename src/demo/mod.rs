@@ -9,6 +9,7 @@
 mod cluster;
 mod error;
 mod steps;
+mod tour;
 mod verify;
 mod watch;
 mod workload;
@@ -63,7 +64,7 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<bool> {
         shutdown.await;
         INTERRUPTED.store(true, Ordering::Relaxed);
     });
-    steps::tour(opts, rt.handle().clone())
+    tour::tour(opts, rt.handle().clone())
 }
 
 /// Prints a line to stdout at once (the tour is watched live); a closed

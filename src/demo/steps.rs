@@ -5,12 +5,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use nix::sys::signal::Signal;
-use tokio::runtime::Handle;
 
 use super::cluster::{describe, Cluster, COPY_RESOURCE, MEMBERS, PROD_RESOURCE};
-use super::watch::{copy, copy_in_sync, describe_copy, joined, Sample, Sampler, Watcher};
-use super::workload::{self, Model};
-use super::{say, verify, DemoOptions};
+use super::tour::Check;
+use super::watch::{copy, copy_in_sync, joined, print_progress, Sample, Sampler, Watcher};
+use super::workload::{self, connect, Model};
+use super::{say, verify};
 use crate::attach::{NbdAddress, NbdClient};
 use crate::node::status::StatusReport;
 use crate::storage::Label;
@@ -23,117 +23,32 @@ const FAIL_TIMEOUT_MS: u64 = 30_000;
 /// Time for a member to exit after SIGTERM (its leave proposal may wait
 /// for the engine's 15 s proposal timeout).
 const STOP_TIMEOUT_MS: u64 = 30_000;
-/// Time for the production NBD socket to accept a connection.
-const CONNECT_TIMEOUT_MS: u64 = 10_000;
+/// A stop slower than this gets the member's own explanation printed.
+const SLOW_STOP_MS: u64 = 5_000;
 /// Most bytes written in step 2 and in step 4.
 const BULK_BYTES_MAX: u64 = 64 << 20;
 const SCATTERED_BYTES_MAX: u64 = 8 << 20;
 
-/// One check of the summary.
-struct Check {
-    what: String,
-    ok: bool,
-    detail: String,
-}
-
 /// One step of the tour; an error ends the tour.
-type Step = fn(&mut Tour) -> anyhow::Result<()>;
+pub(super) type Step = fn(&mut Tour) -> anyhow::Result<()>;
 
-struct Tour {
-    size_bytes: u64,
-    cluster: Cluster,
-    watcher: Watcher,
-    checks: Vec<Check>,
-    model: Model,
-    data_bytes: u64,
-    client: Option<NbdClient>,
-    sampler: Option<Sampler>,
+/// What the steps share: the running group, the NBD connection, the
+/// model of what was written, and the checks recorded so far.
+pub(super) struct Tour {
+    pub(super) size_bytes: u64,
+    pub(super) cluster: Cluster,
+    pub(super) watcher: Watcher,
+    pub(super) checks: Vec<Check>,
+    pub(super) model: Model,
+    pub(super) data_bytes: u64,
+    pub(super) client: Option<NbdClient>,
+    pub(super) sampler: Option<Sampler>,
     /// The production host as status reported it in step 1.
-    prod_host: String,
-}
-
-/// Runs every step; Ok(true) when every check held.
-pub fn tour(opts: &DemoOptions, rt: Handle) -> anyhow::Result<bool> {
-    let started = Instant::now();
-    let cluster = Cluster::create(&opts.parent_dir, opts.keep)?;
-    say(&format!(
-        "geomirror demo: a group of {} members on this machine, disks of {}",
-        MEMBERS.len(),
-        format_size(opts.size_bytes)
-    ));
-    say(&format!(
-        "directory {} ({}), recovery domain {}",
-        cluster.dir.display(),
-        if opts.keep {
-            "kept at the end"
-        } else {
-            "removed at the end; --keep keeps it"
-        },
-        cluster.config.display()
-    ));
-    let watcher = Watcher::new(rt, cluster.domain.clone());
-    let mut t = Tour {
-        size_bytes: opts.size_bytes,
-        cluster,
-        watcher,
-        checks: Vec::new(),
-        model: Model::new(64 << 10),
-        data_bytes: 0,
-        client: None,
-        sampler: None,
-        prod_host: String::new(),
-    };
-    let steps: [(&str, Step); 5] = [
-        (
-            "1. format the disks, start the members, show the roles",
-            Tour::start,
-        ),
-        ("2. write through NBD", Tour::write),
-        ("3. initial full sync of the copy", Tour::full_sync),
-        (
-            "4. crash the copy host, keep writing, restart it",
-            Tour::crash_copy,
-        ),
-        (
-            "5. stop every member, compare the disks",
-            Tour::stop_and_compare,
-        ),
-    ];
-    let mut failed = None;
-    for (title, step) in steps {
-        say(&format!("\n== {title}"));
-        if let Err(e) = step(&mut t) {
-            say(&format!("   step failed: {e:#}"));
-            t.record(title, false, format!("{e:#}"));
-            failed = Some(e);
-            break;
-        }
-    }
-    t.sampler = None;
-    t.client = None;
-    if failed.is_some() {
-        eprintln!("member logs:\n{}", t.cluster.log_tails());
-    }
-    t.cluster.kill_all();
-
-    say("\n== 6. summary");
-    for c in &t.checks {
-        let mark = if c.ok { "✓" } else { "✗" };
-        say(&format!("   {mark} {}: {}", c.what, c.detail));
-    }
-    let held = t.checks.iter().filter(|c| c.ok).count();
-    let all = failed.is_none() && held == t.checks.len();
-    say(&format!(
-        "   {held} of {} checks held in {:.1} s{}",
-        t.checks.len(),
-        started.elapsed().as_secs_f64(),
-        if all { "" } else { ": the demo FAILED" }
-    ));
-    Ok(all)
+    pub(super) prod_host: String,
 }
 
 impl Tour {
-    fn record(&mut self, what: &str, ok: bool, detail: String) {
+    pub(super) fn record(&mut self, what: &str, ok: bool, detail: String) {
         self.checks.push(Check {
             what: what.to_string(),
             ok,
@@ -156,7 +71,7 @@ impl Tour {
     }
 
     /// Step 1: format, start one by one, show the status table.
-    fn start(&mut self) -> anyhow::Result<()> {
+    pub(super) fn start(&mut self) -> anyhow::Result<()> {
         for (file, resource) in [("prod.img", PROD_RESOURCE), ("dr.img", COPY_RESOURCE)] {
             say(&format!(
                 "   {}",
@@ -213,7 +128,7 @@ impl Tour {
     }
 
     /// Step 2: the bulk write through the production host's NBD socket.
-    fn write(&mut self) -> anyhow::Result<()> {
+    pub(super) fn write(&mut self) -> anyhow::Result<()> {
         let member = self
             .cluster
             .domain
@@ -260,7 +175,7 @@ impl Tour {
     }
 
     /// Step 3: the copy's progress from the moment b1 started until it is in sync.
-    fn full_sync(&mut self) -> anyhow::Result<()> {
+    pub(super) fn full_sync(&mut self) -> anyhow::Result<()> {
         let r = self.wait(
             "the copy to be in sync",
             sync_timeout_ms(self.data_bytes),
@@ -296,7 +211,7 @@ impl Tour {
     }
 
     /// Step 4: SIGKILL b1, write scattered chunks, restart b1, partial resync.
-    fn crash_copy(&mut self) -> anyhow::Result<()> {
+    pub(super) fn crash_copy(&mut self) -> anyhow::Result<()> {
         let st = self.cluster.crash("b1")?;
         say(&format!("   SIGKILL b1: {}", describe(&st)));
         let chunk = self.model.chunk_bytes;
@@ -352,15 +267,15 @@ impl Tour {
 
     /// Step 5: SIGTERM (copy first, then the production site together, so
     /// each leave is decided while a majority still runs), then compare.
-    fn stop_and_compare(&mut self) -> anyhow::Result<()> {
+    pub(super) fn stop_and_compare(&mut self) -> anyhow::Result<()> {
         self.client = None;
         let mut exits = Vec::new();
         for batch in [&["b1"][..], &["a2", "a1"][..]] {
             for name in batch {
                 self.cluster.signal(name, Signal::SIGTERM)?;
             }
+            let t0 = Instant::now();
             for name in batch {
-                let t0 = Instant::now();
                 let st = self
                     .cluster
                     .wait_exit(name, Duration::from_millis(STOP_TIMEOUT_MS))?;
@@ -369,6 +284,15 @@ impl Tour {
                     describe(&st),
                     t0.elapsed().as_secs_f64()
                 ));
+                if t0.elapsed() > Duration::from_millis(SLOW_STOP_MS) {
+                    // The last member running cannot get its Leave decided
+                    // (no majority left) and waits out the proposal timeout.
+                    if let Some(line) = self.cluster.last_log_line(name, "leave") {
+                        say(&format!(
+                            "   note: {name} was slow to stop; its log says: {line}"
+                        ));
+                    }
+                }
                 exits.push((name.to_string(), st));
             }
         }
@@ -415,44 +339,7 @@ impl Tour {
     }
 }
 
-/// Connects to the production NBD socket, retrying while it comes up.
-fn connect(addr: &NbdAddress) -> anyhow::Result<NbdClient> {
-    let deadline = Instant::now() + Duration::from_millis(CONNECT_TIMEOUT_MS);
-    loop {
-        match NbdClient::connect(addr) {
-            Ok(c) => return Ok(c),
-            Err(e) if Instant::now() > deadline => {
-                return Err(e).with_context(|| format!("connect to {}", addr.endpoint))
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
-}
-
 /// A generous bound for a sync of `bytes`: a minute plus 1 MiB/s.
 fn sync_timeout_ms(bytes: u64) -> u64 {
     60_000 + bytes / (1 << 20) * 1000
-}
-
-/// The sampled progress: one line per change of state or per 10 points
-/// of progress, and the last one.
-fn print_progress(samples: &[Sample]) {
-    let mut last: Option<(String, f64)> = None;
-    for (i, s) in samples.iter().enumerate() {
-        let c = &s.copy;
-        let total = (c.resynced_bytes + c.bytes_to_go).max(1);
-        let pct = 100.0 * c.resynced_bytes as f64 / total as f64;
-        let show = match &last {
-            None => true,
-            Some((state, p)) => {
-                *state != c.state
-                    || (c.bytes_to_go > 0 && pct - p >= 10.0)
-                    || i + 1 == samples.len()
-            }
-        };
-        if show {
-            say(&format!("   +{:5.1} s  {}", s.at_s, describe_copy(c)));
-            last = Some((c.state.clone(), pct));
-        }
-    }
 }

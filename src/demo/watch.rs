@@ -10,7 +10,7 @@ use tokio::runtime::Handle;
 
 use super::cluster::{Cluster, COPY_RESOURCE};
 use super::error::DemoError;
-use super::interrupted;
+use super::{interrupted, say};
 use crate::config::RecoveryDomain;
 use crate::node::status::{ResourceStatus, StatusReport};
 
@@ -204,5 +204,31 @@ impl Sampler {
 impl Drop for Sampler {
     fn drop(&mut self) {
         self.halt();
+    }
+}
+
+/// The sampled progress: one line per change of state or per 10 points
+/// of progress, and the last one.
+pub fn print_progress(samples: &[Sample]) {
+    let mut last: Option<(String, f64)> = None;
+    let mut printed = String::new();
+    for (i, s) in samples.iter().enumerate() {
+        let c = &s.copy;
+        let total = (c.resynced_bytes + c.bytes_to_go).max(1);
+        let pct = 100.0 * c.resynced_bytes as f64 / total as f64;
+        let show = match &last {
+            None => true,
+            Some((state, p)) => {
+                *state != c.state
+                    || (c.bytes_to_go > 0 && pct - p >= 10.0)
+                    || i + 1 == samples.len()
+            }
+        };
+        let text = describe_copy(c);
+        if show && text != printed {
+            say(&format!("   +{:5.1} s  {text}", s.at_s));
+            printed = text;
+            last = Some((c.state.clone(), pct));
+        }
     }
 }

@@ -11,7 +11,10 @@ use rand::{Rng, RngCore, SeedableRng};
 
 use super::error::DemoError;
 use super::interrupted;
-use crate::attach::NbdClient;
+use crate::attach::{NbdAddress, NbdClient};
+
+/// Time for the production NBD socket to accept a connection.
+const CONNECT_TIMEOUT_MS: u64 = 10_000;
 
 /// Requests the demo keeps in flight on its NBD connection.
 pub const WRITERS: usize = 8;
@@ -139,4 +142,18 @@ fn write_requests(
         }
     }
     Ok(start.elapsed())
+}
+
+/// Connects to the production NBD socket, retrying while it comes up.
+pub fn connect(addr: &NbdAddress) -> anyhow::Result<NbdClient> {
+    let deadline = Instant::now() + Duration::from_millis(CONNECT_TIMEOUT_MS);
+    loop {
+        match NbdClient::connect(addr) {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() > deadline => {
+                return Err(e).with_context(|| format!("connect to {}", addr.endpoint))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
 }
