@@ -135,6 +135,8 @@ impl Cluster {
             .arg(&self.config)
             .args(["--member", name, "--state-dir"])
             .arg(&m.state_dir)
+            // Plain logs: they are read by people in files, not on a terminal.
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)
@@ -221,7 +223,7 @@ impl Cluster {
     pub fn last_log_line(&self, name: &str, needle: &str) -> Option<String> {
         let text = tail(&self.members.get(name)?.log).ok()?;
         let line = text.lines().rev().find(|l| l.contains(needle))?;
-        Some(line.trim().to_string())
+        Some(strip_colours(line.trim()))
     }
 
     /// Each member's log path and its last lines, for a failure report.
@@ -305,4 +307,32 @@ fn tail(path: &Path) -> std::io::Result<String> {
     f.take(LOG_TAIL_BYTES).read_to_end(&mut buf)?;
     let text = String::from_utf8_lossy(&buf);
     Ok(text.lines().map(|l| format!("  {l}\n")).collect())
+}
+
+/// `text` without ANSI colour sequences (`ESC [ … m`).
+fn strip_colours(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // Skip to the end of the sequence (a letter), or to the end.
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn colour_sequences_are_stripped_from_log_lines() {
+        let line = "\x1b[2m2026\x1b[0m \x1b[33m WARN\x1b[0m leave: timed out";
+        assert_eq!(super::strip_colours(line), "2026  WARN leave: timed out");
+    }
 }

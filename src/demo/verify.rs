@@ -56,3 +56,57 @@ pub fn first_model_difference(
     }
     Ok(None)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn disk(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).expect("write a test disk");
+        p
+    }
+
+    #[test]
+    fn first_difference_is_the_exact_byte_even_past_one_read() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let len = COMPARE_CHUNK_BYTES * 2 + 100;
+        let a = vec![7u8; len];
+        let mut b = a.clone();
+        let a = disk(dir.path(), "a", &a);
+        assert_eq!(first_difference(&a, &a, len as u64).expect("compare"), None);
+        b[COMPARE_CHUNK_BYTES + 5] = 8;
+        let b = disk(dir.path(), "b", &b);
+        assert_eq!(
+            first_difference(&a, &b, len as u64).expect("compare"),
+            Some(COMPARE_CHUNK_BYTES as u64 + 5)
+        );
+        // A difference beyond the compared length does not count.
+        assert_eq!(
+            first_difference(&a, &b, COMPARE_CHUNK_BYTES as u64).expect("compare"),
+            None
+        );
+    }
+
+    #[test]
+    fn model_difference_finds_unwritten_chunks_that_are_not_zero() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let model = Model::new(4096);
+        let mut bytes = vec![0u8; 4 * 4096];
+        let d = disk(dir.path(), "d", &bytes);
+        assert_eq!(first_model_difference(&d, &model, 4).expect("check"), None);
+        bytes[2 * 4096 + 9] = 1;
+        let d = disk(dir.path(), "d2", &bytes);
+        assert_eq!(
+            first_model_difference(&d, &model, 4).expect("check"),
+            Some(2 * 4096 + 9)
+        );
+    }
+
+    #[test]
+    fn a_short_disk_is_an_error_not_a_match() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let a = disk(dir.path(), "a", &[0u8; 10]);
+        assert!(first_difference(&a, &a, 20).is_err());
+    }
+}
