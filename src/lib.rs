@@ -26,6 +26,7 @@ pub mod attach;
 pub mod bench;
 pub mod cmd;
 pub mod config;
+pub mod demo;
 pub mod group;
 pub mod nbd;
 pub mod node;

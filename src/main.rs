@@ -44,6 +44,8 @@ enum Command {
     Events(cmd::events::Args),
     /// Compare the production disk with every copy online (checksums only).
     Verify(cmd::verify::Args),
+    /// Run a three-member group on this machine and show it at work, end to end.
+    Demo(cmd::demo::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -60,6 +62,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench(a) => cmd::bench::run(a),
         Command::Events(a) => cmd::events::run(a),
         Command::Verify(a) => cmd::verify::run(a),
+        Command::Demo(a) => cmd::demo::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -5,6 +5,7 @@
 
 pub mod attach;
 pub mod bench;
+pub mod demo;
 pub mod detach;
 pub mod events;
 pub mod format;
