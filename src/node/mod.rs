@@ -54,6 +54,8 @@ pub struct NodeOptions {
 
 /// Time allowed for a proposal (elections included).
 const PROPOSE_TIMEOUT_S: u64 = 15;
+/// Time a stopping member waits for its Leave to be decided.
+const LEAVE_TIMEOUT_S: u64 = 5;
 
 /// Run member `opts.member` until `shutdown` completes, then leave the group.
 pub async fn run(
@@ -283,12 +285,24 @@ pub async fn run(
 
     tracing::info!("leaving the group");
     let state = state_rx.borrow().clone();
-    for a in join::step(&state, me, Event::Stopping) {
-        if let Action::Propose(cmd) = a {
-            if let Err(e) = propose(&engine, cmd, false).await {
-                tracing::warn!("leave: {e:#}");
+    // Without a majority the Leave can never be decided: do not wait for it
+    // (the others mark this member failed, or it leaves on its next start).
+    if engine.metrics().has_quorum {
+        for a in join::step(&state, me, Event::Stopping) {
+            if let Action::Propose(cmd) = a {
+                let leave = tokio::time::timeout(
+                    Duration::from_secs(LEAVE_TIMEOUT_S),
+                    propose(&engine, cmd, false),
+                );
+                match leave.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!("leave: {e:#}"),
+                    Err(_) => tracing::warn!("leave: no decision within {LEAVE_TIMEOUT_S} s"),
+                }
             }
         }
+    } else {
+        tracing::warn!("no quorum: stopping without a decided Leave");
     }
     roles.stop_all().await;
     // The member stays a voter of the engine: a group whose members all
