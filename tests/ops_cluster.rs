@@ -325,3 +325,46 @@ fn clients_fail_with_a_clear_message_when_no_member_answers_or_the_member_is_unk
         assert!(err.contains(words), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn attach_by_config_finds_the_production_host_and_exposes_the_volume() {
+    if !common::require(&["fusermount3", "qemu-io"]) || !common::require_root() {
+        return;
+    }
+    let _one = ONE_CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
+    let c = Cluster::start_all();
+    c.write_blocks(2, 65536);
+    let mnt = c.path("fuse");
+    std::fs::create_dir_all(&mnt).expect("mount point");
+    let log = c.path("attach.log");
+    let mut attach = Proc::geomirror(
+        &[
+            "attach",
+            "--config",
+            c.cfg(),
+            "--fuse",
+            mnt.to_str().expect("utf-8"),
+        ],
+        &log,
+    );
+    // The group names a1 as production host; the file is named after the group.
+    let file = mnt.join(ops_support::GROUP);
+    common::wait_until("the FUSE file of the volume", WAIT, || file.exists());
+    let data = std::fs::read(&file).expect("read the volume through FUSE");
+    assert!(
+        data[..65536].iter().all(|&b| b == 0x40),
+        "first block as written"
+    );
+    assert!(
+        data[65536..131072].iter().all(|&b| b == 0x41),
+        "second block as written"
+    );
+    attach.signal(libc::SIGTERM);
+    assert!(
+        attach
+            .wait_timeout(Duration::from_secs(20))
+            .is_some_and(|s| s.success()),
+        "attach exits 0 on SIGTERM: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}

@@ -13,10 +13,19 @@ const POLL_MS: u64 = 200;
 /// Arguments of `geomirror attach`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The production host's NBD address: unix:PATH, HOST:PORT,
+    /// The group's recovery-domain file: attach its volume where the group
+    /// says the production host serves it.
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "nbd",
+        conflicts_with = "nbd"
+    )]
+    pub config: Option<PathBuf>,
+    /// Or an NBD address directly: unix:PATH, HOST:PORT,
     /// nbd://HOST[:PORT]/EXPORT or nbd+unix:///EXPORT?socket=PATH.
     #[arg(long)]
-    pub nbd: String,
+    pub nbd: Option<String>,
     /// Export name (overrides one in the URI); also names the volume.
     #[arg(long)]
     pub name: Option<String>,
@@ -40,10 +49,51 @@ pub struct Args {
     pub dead_conn_timeout_s: u64,
 }
 
-/// Where the address comes from. Today only `--nbd`; resolving it from a
-/// group's recovery domain (`--config FILE`) will add a variant here.
+/// Where the address comes from: `--nbd` as given, or `--config`: ask the
+/// group (any member answering `status`) which member hosts the production
+/// disk, and use that member's `nbd` address with the group's export name.
 fn resolve_address(args: &Args) -> anyhow::Result<NbdAddress> {
-    Ok(NbdAddress::parse(&args.nbd, args.name.as_deref())?)
+    let Some(path) = &args.config else {
+        let nbd = args
+            .nbd
+            .as_deref()
+            .context("give --config FILE or --nbd ADDRESS")?;
+        return Ok(NbdAddress::parse(nbd, args.name.as_deref())?);
+    };
+    let domain = crate::config::RecoveryDomain::load(path)
+        .with_context(|| format!("recovery domain {}", path.display()))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start the runtime")?;
+    let report = rt.block_on(super::status::fetch(&domain, None))?;
+    let production = report
+        .resources
+        .iter()
+        .find(|r| r.role == "production")
+        .context("the status report names no production resource")?;
+    let host = production.host.as_deref().with_context(|| {
+        format!(
+            "group {} has no production host right now (nothing serves the volume)",
+            domain.group
+        )
+    })?;
+    let member = domain
+        .members
+        .iter()
+        .find(|m| m.name == host)
+        .with_context(|| format!("production host {host} is not in {}", path.display()))?;
+    let nbd = member
+        .nbd
+        .as_ref()
+        .with_context(|| format!("production host {host} has no `nbd` address"))?;
+    let text = match nbd {
+        crate::config::NbdAddress::Unix(p) => format!("unix:{}", p.display()),
+        crate::config::NbdAddress::Tcp(a) => a.clone(),
+    };
+    let export = args.name.clone().unwrap_or_else(|| domain.group.clone());
+    tracing::info!(%host, address = %text, "attaching the volume served by the production host");
+    Ok(NbdAddress::parse(&text, Some(&export))?)
 }
 
 /// The volume's name: the export name, else `volume`.
