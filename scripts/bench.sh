@@ -64,6 +64,7 @@ start_group() {
     "$BIN" format --group bench --resource "bench-dr$i" --size $((1073741824 + meta)) "$DATADIR/gm-dr$i.img" >/dev/null
   done
   GPIDS=()
+  rm -rf "$RUN"/state-*
   local m
   for m in p1 w1 $(seq -f "c%g" 1 "$copies"); do
     "$BIN" up --config "$cfg" --member "$m" --state-dir "$RUN/state-$m" >"$RESULTS/geomirror-$t-$m.log" 2>&1 &
@@ -73,7 +74,7 @@ start_group() {
   # Wait for every copy to be UpToDate: the initial full sync, timed.
   local t0; t0=$(date +%s.%N)
   for _ in $(seq 600); do
-    if "$BIN" status --config "$cfg" --json 2>/dev/null | python3 -c '
+    if "$BIN" status --config "$cfg" --json 2>/dev/null | python3 2>/dev/null -c '
 import json,sys
 r=json.load(sys.stdin)
 c=[x for x in r["resources"] if x["role"]=="copy"]
