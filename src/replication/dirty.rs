@@ -190,10 +190,10 @@ mod tests {
     #[test]
     fn marking_covers_every_touched_chunk() {
         let log = MemDirtyLog::new(1 << 20, 65536);
-        log.mark(65535, 2).unwrap();
+        log.mark(65535, 2).expect("memory log marks");
         let d: Vec<u64> = log.dirty_chunks().iter().collect();
         assert_eq!(d, vec![0, 1]);
-        log.clear(65536, 1).unwrap();
+        log.clear(65536, 1).expect("memory log clears");
         assert_eq!(log.dirty_chunks().iter().collect::<Vec<_>>(), vec![0]);
     }
 }
