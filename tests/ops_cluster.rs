@@ -368,3 +368,30 @@ fn attach_by_config_finds_the_production_host_and_exposes_the_volume() {
         std::fs::read_to_string(&log).unwrap_or_default()
     );
 }
+
+#[test]
+fn metrics_count_open_nbd_connections() {
+    if !common::require(&["nbdsh"]) {
+        return;
+    }
+    let _one = ONE_CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
+    let c = Cluster::start_all();
+    let conns = || {
+        value(
+            &samples(&scrape(&c.metrics["a1"])),
+            "geomirror_nbd_connections",
+        )
+    };
+    assert_eq!(conns(), 0.0, "no client yet");
+    // A client that holds its connection open for a while.
+    let mut client = common::debian_cmd("nbdsh")
+        .args(["-u", &c.nbd_uri(), "-c", "import time\ntime.sleep(30)"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn nbdsh");
+    common::wait_until("one NBD connection counted", WAIT, || conns() == 1.0);
+    let _ = client.kill();
+    let _ = client.wait();
+    common::wait_until("the connection uncounted", WAIT, || conns() == 0.0);
+}

@@ -175,6 +175,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         },
         device,
         read_only: args.read_only,
+        connections: Default::default(),
     };
     let size = export.device.size();
     keep_payload_buffers_in_the_heap();

@@ -36,6 +36,9 @@ pub struct Export {
     pub device: Arc<dyn BlockDevice>,
     /// Refuse writes, trims and zeroes with EPERM.
     pub read_only: bool,
+    /// Connections in the transmission phase with this export now (read by
+    /// the member daemon for `geomirror_nbd_connections`).
+    pub connections: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Export {
@@ -45,6 +48,7 @@ impl Export {
             description: String::new(),
             device,
             read_only: false,
+            connections: Arc::default(),
         }
     }
 

@@ -242,5 +242,22 @@ where
     tracing::debug!(export = %negotiated.export.name, structured = negotiated.options.structured, "transmission");
     let mut opts = negotiated.options;
     opts.shutdown = Some(ctx.stop.clone());
-    serve_connection(s, negotiated.export, opts).await
+    let _counted = Counted::new(&negotiated.export.connections);
+    serve_connection(s, negotiated.export.clone(), opts).await
+}
+
+/// One connection counted in its export's `connections` while it lives.
+struct Counted(Arc<std::sync::atomic::AtomicU64>);
+
+impl Counted {
+    fn new(c: &Arc<std::sync::atomic::AtomicU64>) -> Counted {
+        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Counted(c.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }

@@ -261,7 +261,7 @@ pub async fn run(
                 }
                 *links.lock().unwrap_or_else(|p| p.into_inner()) = roles.copy_links();
                 let copies = roles.copy_stats();
-                observer.on_tick(&control.report(), &copies);
+                observer.on_tick(&control.report(), &copies, roles.nbd_connections());
                 // The leader's failure detector (a dead member is marked failed).
                 let state = state_rx.borrow().clone();
                 for id in engine.unreachable_peers(Duration::from_millis(opts.fail_timeout_ms)) {

@@ -43,6 +43,7 @@ struct Production {
 struct Serving {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    connections: Arc<std::sync::atomic::AtomicU64>,
 }
 
 struct Receiving {
@@ -346,6 +347,7 @@ impl Roles {
         };
         let mut export = Export::new(group.clone(), device);
         export.description = format!("geomirror volume {group}");
+        let connections = export.connections.clone();
         let (stop, mut stop_rx) = watch::channel(false);
         let task = tokio::spawn(async move {
             let shutdown = async move {
@@ -357,7 +359,11 @@ impl Roles {
         });
         tracing::info!(%address, epoch, "serving the volume over NBD (production host)");
         if let Some(p) = self.production.as_mut() {
-            p.serving = Some(Serving { stop, task });
+            p.serving = Some(Serving {
+                stop,
+                task,
+                connections,
+            });
         }
         Ok(())
     }
@@ -482,6 +488,16 @@ impl Roles {
             .as_ref()
             .map(|p| p.volume.links())
             .unwrap_or_default()
+    }
+
+    /// NBD clients connected to the volume now (0 when not serving).
+    pub fn nbd_connections(&self) -> u64 {
+        self.production
+            .as_ref()
+            .and_then(|p| p.serving.as_ref())
+            .map_or(0, |s| {
+                s.connections.load(std::sync::atomic::Ordering::Relaxed)
+            })
     }
 
     /// Whether this member currently serves the volume.

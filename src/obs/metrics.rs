@@ -156,6 +156,12 @@ impl MetricsHandle {
         }
     }
 
+    /// Sets `geomirror_nbd_connections` from a count kept elsewhere (the
+    /// export's own counter), instead of per-connection guards.
+    pub fn set_nbd_connections(&self, n: u64) {
+        self.inner.nbd_connections.set(n as f64);
+    }
+
     /// Sets `geomirror_epoch`.
     pub fn set_epoch(&self, epoch: u64) {
         self.inner.epoch.set(epoch as f64);
