@@ -3,45 +3,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use common::serve;
 use common::{debian_cmd, run_ok, Proc};
-
-/// A running `geomirror serve` on a fresh disk in its own temp dir.
-struct Served {
-    dir: tempfile::TempDir,
-    proc: Proc,
-    disk: PathBuf,
-    uri: String,
-}
-
-fn serve(size: &str, extra: &[&str]) -> Served {
-    let dir = common::tempdir();
-    let disk = dir.path().join("disk.img");
-    let sock = dir.path().join("nbd.sock");
-    let listen = format!("unix:{}", sock.display());
-    let mut args = vec![
-        "serve",
-        "--disk",
-        disk.to_str().expect("utf-8 path"),
-        "--create",
-        size,
-        "--listen",
-        &listen,
-    ];
-    args.extend_from_slice(extra);
-    let proc = Proc::geomirror(&args, &dir.path().join("serve.log"));
-    common::wait_for_unix(&sock, Duration::from_secs(10));
-    let uri = format!("nbd+unix:///geomirror?socket={}", sock.display());
-    Served {
-        dir,
-        proc,
-        disk,
-        uri,
-    }
-}
 
 fn random_file(path: &Path, len: usize) -> Vec<u8> {
     let mut data = vec![0u8; len];

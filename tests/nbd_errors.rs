@@ -3,43 +3,8 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::time::Duration;
-
-use common::{debian_cmd, run_ok, Proc};
-
-struct Served {
-    _dir: tempfile::TempDir,
-    _proc: Proc,
-    sock: PathBuf,
-    uri: String,
-}
-
-fn serve(size: &str, extra: &[&str]) -> Served {
-    let dir = common::tempdir();
-    let disk = dir.path().join("disk.img");
-    let sock = dir.path().join("nbd.sock");
-    let listen = format!("unix:{}", sock.display());
-    let mut args = vec![
-        "serve",
-        "--disk",
-        disk.to_str().expect("utf-8 path"),
-        "--create",
-        size,
-        "--listen",
-        &listen,
-    ];
-    args.extend_from_slice(extra);
-    let proc = Proc::geomirror(&args, &dir.path().join("serve.log"));
-    common::wait_for_unix(&sock, Duration::from_secs(10));
-    let uri = format!("nbd+unix:///geomirror?socket={}", sock.display());
-    Served {
-        _dir: dir,
-        _proc: proc,
-        sock,
-        uri,
-    }
-}
+use common::serve;
+use common::{debian_cmd, run_ok};
 
 /// Run a python snippet in nbdsh connected to `uri`, strict mode off so that
 /// libnbd sends what it would otherwise refuse client-side. `expect(errno,

@@ -5,44 +5,11 @@ mod common;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use common::Proc;
+use common::{serve, Served};
 
 const MIB: u64 = 1 << 20;
-
-struct Served {
-    _dir: tempfile::TempDir,
-    _proc: Proc,
-    sock: PathBuf,
-    disk: PathBuf,
-}
-
-fn serve(size: &str, extra: &[&str]) -> Served {
-    let dir = common::tempdir();
-    let disk = dir.path().join("disk.img");
-    let sock = dir.path().join("nbd.sock");
-    let listen = format!("unix:{}", sock.display());
-    let mut args = vec![
-        "serve",
-        "--disk",
-        disk.to_str().expect("utf-8 path"),
-        "--create",
-        size,
-        "--listen",
-        &listen,
-    ];
-    args.extend_from_slice(extra);
-    let proc = Proc::geomirror(&args, &dir.path().join("serve.log"));
-    common::wait_for_unix(&sock, Duration::from_secs(10));
-    Served {
-        _dir: dir,
-        _proc: proc,
-        sock,
-        disk,
-    }
-}
 
 /// A raw client for what libnbd will not send: the bytes are written out here
 /// by hand, independently of the server's codec.

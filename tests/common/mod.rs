@@ -191,3 +191,42 @@ pub fn debian_cmd(program: &str) -> Command {
     c.env("PATH", format!("/usr/bin:/bin:/usr/sbin:/sbin:{path}"));
     c
 }
+
+/// A running `geomirror serve` on a fresh disk in its own temp dir.
+pub struct Served {
+    pub dir: tempfile::TempDir,
+    pub proc: Proc,
+    pub disk: PathBuf,
+    pub sock: PathBuf,
+    /// `nbd+unix:///geomirror?socket=...`: the default export name.
+    pub uri: String,
+}
+
+/// Start `geomirror serve --create SIZE` on a new disk, plus `extra` flags,
+/// and wait until its socket accepts connections.
+pub fn serve(size: &str, extra: &[&str]) -> Served {
+    let dir = tempdir();
+    let disk = dir.path().join("disk.img");
+    let sock = dir.path().join("nbd.sock");
+    let listen = format!("unix:{}", sock.display());
+    let mut args = vec![
+        "serve",
+        "--disk",
+        disk.to_str().expect("utf-8 path"),
+        "--create",
+        size,
+        "--listen",
+        &listen,
+    ];
+    args.extend_from_slice(extra);
+    let proc = Proc::geomirror(&args, &dir.path().join("serve.log"));
+    wait_for_unix(&sock, Duration::from_secs(10));
+    let uri = format!("nbd+unix:///geomirror?socket={}", sock.display());
+    Served {
+        dir,
+        proc,
+        disk,
+        sock,
+        uri,
+    }
+}
