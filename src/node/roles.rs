@@ -17,8 +17,7 @@ use crate::group::join::Action;
 use crate::group::{GroupCommand, MemberId, ResourceConfig, ResourceId};
 use crate::nbd::{Export, ListenAddr, Server, ServerConfig};
 use crate::replication::{
-    CopyConfig, CopyStats, Generations as ReplGenerations, MirroredVolume, Mode, Receiver,
-    ReceiverConfig, VolumeConfig,
+    CopyConfig, CopyStats, MirroredVolume, Mode, Receiver, ReceiverConfig, VolumeConfig,
 };
 use crate::storage::{EngineKind, Generations, HostedDisk};
 
@@ -250,7 +249,7 @@ impl Roles {
                 VolumeConfig {
                     mode,
                     epoch: 0,
-                    generations: to_repl(&label.generations),
+                    generations: label.generations,
                 },
             );
             let bitmap = SharedBitmap::new(disk.bitmap().clone(), disk.data_size());
@@ -402,10 +401,10 @@ impl Roles {
         }
         let disk = self.hosted(resource)?;
         let label = disk.label();
-        let mut generations = to_repl(&label.generations);
+        let mut generations = label.generations;
         if !label.flags.consistent {
             // A fresh (or interrupted full-sync) copy holds nothing to keep.
-            generations = ReplGenerations::default();
+            generations = Generations::default();
         }
         let device = disk
             .device(self.engine_kind)
@@ -421,7 +420,7 @@ impl Roles {
                 let d = label_disk.clone();
                 let r = tokio::task::spawn_blocking(move || {
                     d.update_label(|l| {
-                        l.generations = from_repl(&g);
+                        l.generations = g;
                         l.flags.consistent = g.current != 0;
                     })
                 })
@@ -505,21 +504,5 @@ impl Roles {
         self.production
             .as_ref()
             .is_some_and(|p| p.serving.is_some())
-    }
-}
-
-fn to_repl(g: &Generations) -> ReplGenerations {
-    ReplGenerations {
-        current: g.current,
-        bitmap: g.bitmap,
-        history: g.history,
-    }
-}
-
-fn from_repl(g: &ReplGenerations) -> Generations {
-    Generations {
-        current: g.current,
-        bitmap: g.bitmap,
-        history: g.history,
     }
 }

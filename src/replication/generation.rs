@@ -1,31 +1,9 @@
 //! Generation identifiers (DRBD's data generation UUIDs) and the pure rule
 //! that decides, on connect, between full sync, partial sync, nothing to
 //! do, or refusal (split brain: reported, never merged).
-
-use serde::{Deserialize, Serialize};
-
-/// The generation identifiers of one disk, read from its label by the
-/// caller. `0` means "none".
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Generations {
-    /// Identifier of the data the disk holds now.
-    pub current: u64,
-    /// The `current` it had when it started tracking writes in its dirty
-    /// bitmap (when it lost its peer); 0 when not tracking.
-    pub bitmap: u64,
-    /// Older `current` values, newest first.
-    pub history: [u64; 2],
-}
-
-impl std::fmt::Display for Generations {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{:016x}:{:016x}:{:016x}:{:016x}",
-            self.current, self.bitmap, self.history[0], self.history[1]
-        )
-    }
-}
+/// The generation identifiers of one disk, read from its label: the
+/// storage layer's type, so labels and the wire carry the same value.
+pub use crate::storage::Generations;
 
 /// What a link does once connected.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,11 +13,23 @@ use serde::{Deserialize, Serialize};
 pub const HISTORY_LEN: usize = 2;
 
 /// A disk's data generation identifiers (random u64, 0 = none).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// `Default` is all zero: no data generation at all (a disk that must be
+/// fully synced).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Generations {
     pub current: u64,
     pub bitmap: u64,
     pub history: [u64; HISTORY_LEN],
+}
+
+impl std::fmt::Display for Generations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:016x}:{:016x}:{:016x}:{:016x}",
+            self.current, self.bitmap, self.history[0], self.history[1]
+        )
+    }
 }
 
 /// How to bring two disks into agreement, as seen from the local one.
