@@ -10,6 +10,7 @@
 pub mod control;
 mod control_server;
 mod dirty;
+pub mod fence;
 mod metered;
 mod mux;
 pub mod observe;
@@ -33,9 +34,11 @@ use crate::group::engine::{Engine, EngineConfig};
 use crate::group::join::{self, Action, Event};
 use crate::group::state::GroupState;
 use crate::group::{Desired, DomainSpec, GroupCommand, MemberId};
+use crate::obs;
 use crate::storage::EngineKind;
 
 use control_server::{control_loop, ControlContext};
+use fence::{FenceChange, QuorumFence};
 use observe::Observer;
 pub use probe::ProbeError;
 use report::LocalView;
@@ -158,6 +161,8 @@ pub async fn run(
     }
 
     let mut roles = Roles::new(me, domain.clone(), disks.clone(), opts.engine);
+    let mut fence = QuorumFence::new(Duration::from_millis(fence::NO_QUORUM_GRACE_MS));
+    roles.set_fence(fence.gate());
     if let Some(m) = observer.metrics() {
         roles.set_write_metrics(m.writes());
     }
@@ -252,16 +257,40 @@ pub async fn run(
             }
             _ = tick.tick() => {
                 let m = engine.metrics();
+                let production = &domain.production().resource;
+                let is_host = roles.serving() && state_rx.borrow().host(production) == Some(me);
+                match fence.observe(m.has_quorum, is_host, Instant::now()) {
+                    Some(FenceChange::Fenced(why)) => {
+                        tracing::error!("writes fenced: {why}");
+                        observer.bus().publish(obs::Event::WritesFenced {
+                            member: member.name.clone(),
+                            reason: why,
+                        });
+                    }
+                    Some(FenceChange::Resumed) => {
+                        tracing::warn!("quorum is back and this member still hosts production: writes resume");
+                        observer.bus().publish(obs::Event::WritesResumed {
+                            member: member.name.clone(),
+                        });
+                    }
+                    None => {}
+                }
                 {
                     let mut l = local.lock().unwrap_or_else(|p| p.into_inner());
                     l.leader = m.leader.and_then(MemberId::from_node_id);
                     l.quorum = m.has_quorum;
                     l.voters = m.voters.len();
                     l.copies = roles.copy_stats();
+                    l.writes_fenced = fence.reason().map(str::to_owned);
                 }
                 *links.lock().unwrap_or_else(|p| p.into_inner()) = roles.copy_links();
                 let copies = roles.copy_stats();
                 observer.on_tick(&control.report(), &copies, roles.nbd_connections());
+                // Without quorum nothing can be committed: a proposal would
+                // only hold this loop (and the fence above) for its timeout.
+                if !m.has_quorum {
+                    continue;
+                }
                 // The leader's failure detector (a dead member is marked failed).
                 let state = state_rx.borrow().clone();
                 for id in engine.unreachable_peers(Duration::from_millis(opts.fail_timeout_ms)) {

@@ -16,6 +16,8 @@ pub struct LocalView {
     pub voters: usize,
     /// Live figures of the copy links, when this member is the production host.
     pub copies: Vec<CopyStats>,
+    /// Why this production host refuses writes, while it does (quorum fence).
+    pub writes_fenced: Option<String>,
 }
 
 pub fn build(
@@ -38,6 +40,9 @@ pub fn build(
     }
     if !local.quorum {
         warnings.push("no quorum: group changes (joins, failover) wait until a majority of voters is reachable".into());
+    }
+    if let Some(why) = &local.writes_fenced {
+        warnings.push(format!("writes fenced on {}: {why}", name(me)));
     }
     let members = domain
         .members
@@ -128,6 +133,11 @@ pub fn build(
             });
         } else if i > 0 && host.is_some() {
             r.state = "Outdated".into();
+        }
+        if i == 0 && local.writes_fenced.is_some() {
+            // Only the fenced host itself knows: the others show the
+            // replicated view (it may even have been replaced by now).
+            r.state = "Fenced".into();
         }
         resources.push(r);
     }

@@ -22,6 +22,7 @@ use crate::replication::{
 use crate::storage::{EngineKind, Generations, HostedDisk};
 
 use super::dirty::SharedBitmap;
+use super::fence::{FenceGate, FencedDevice};
 
 /// How long a new host waits for the previous one to let go of the disk.
 const LOCK_WAIT_S: u64 = 60;
@@ -65,6 +66,9 @@ pub struct Roles {
     replication_sink: Arc<Mutex<Option<mpsc::Sender<TcpStream>>>>,
     /// Write counters for the NBD export, when the member serves metrics.
     write_metrics: Option<crate::obs::WriteMetrics>,
+    /// Shut while the group has had no quorum for too long: the export
+    /// then refuses writes (see `fence.rs`).
+    fence: Arc<FenceGate>,
 }
 
 impl Roles {
@@ -84,7 +88,13 @@ impl Roles {
             receiving: BTreeMap::new(),
             replication_sink: Arc::default(),
             write_metrics: None,
+            fence: Arc::default(),
         }
+    }
+
+    /// The fence the NBD export obeys (from the next serve on).
+    pub fn set_fence(&mut self, gate: Arc<FenceGate>) {
+        self.fence = gate;
     }
 
     /// Count the NBD export's writes into `writes` (from the next serve on).
@@ -322,6 +332,7 @@ impl Roles {
     async fn serve(&mut self, address: NbdAddress, epoch: u64) -> anyhow::Result<()> {
         let group = self.domain.group.clone();
         let writes = self.write_metrics.clone();
+        let fence = self.fence.clone();
         let p = self.production()?;
         p.volume.set_epoch(epoch);
         if p.serving.is_some() {
@@ -344,6 +355,8 @@ impl Roles {
             Some(w) => Arc::new(super::metered::MeteredVolume::new(p.volume.clone(), w)),
             None => p.volume.clone(),
         };
+        // Outermost, so a fenced write is neither applied nor counted.
+        let device = Arc::new(FencedDevice::new(device, fence));
         let mut export = Export::new(group.clone(), device);
         export.description = format!("geomirror volume {group}");
         let connections = export.connections.clone();

@@ -42,7 +42,8 @@ pub struct ResourceStatus {
     /// `production` or `copy`.
     pub role: String,
     pub host: Option<String>,
-    /// For the production disk `UpToDate` when hosted; for a copy its sync
+    /// For the production disk `UpToDate` when hosted, `Fenced` (on its host)
+    /// while the host refuses writes for lack of quorum; for a copy its sync
     /// state: `Inconsistent` while syncing, `UpToDate`, `Outdated`, `SplitBrain`, …
     pub state: String,
     pub size_bytes: Option<u64>,

@@ -99,6 +99,20 @@ pub enum Event {
         /// The copy host.
         to: String,
     },
+    /// Not a group event: this production host refuses writes (EIO) because
+    /// the group has had no quorum for longer than the grace period.
+    WritesFenced {
+        /// The production host.
+        member: String,
+        /// Why, for people.
+        reason: String,
+    },
+    /// Not a group event: quorum is back and this member still hosts
+    /// production, so writes are acknowledged again.
+    WritesResumed {
+        /// The production host.
+        member: String,
+    },
     /// Not a group event: this subscriber fell behind and `missed` events
     /// were dropped for it; its picture may be stale until the next snapshot.
     Lagged {
