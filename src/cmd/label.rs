@@ -1,13 +1,14 @@
 //! `geomirror label`: print a disk's label (readable key/value text, or
-//! JSON with stable field names) and how much of it is dirty.
+//! JSON with stable field names) and how much of it is dirty; with
+//! `--discard-data`, give up a copy disk's data to resolve a split brain.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::storage::{DirtyBitmap, Label};
+use crate::storage::{DirtyBitmap, Generations, HostedDisk, Label, LabelError};
 use crate::units::format_size;
 
 /// Arguments of `geomirror label`.
@@ -16,6 +17,13 @@ pub struct Args {
     /// Print JSON: the label's fields plus `dirty_bytes`.
     #[arg(long)]
     pub json: bool,
+    /// Resolve a split brain by giving up this copy disk's data (DRBD's
+    /// `--discard-my-data`): its generations are cleared and it is marked
+    /// incomplete, so the next time its member joins it gets a full sync
+    /// from production. Refused while a member holds the disk, and on a
+    /// disk that has been the production disk.
+    #[arg(long)]
+    pub discard_data: bool,
     /// Disk to read: a regular file or a block device.
     pub disk: PathBuf,
 }
@@ -29,6 +37,9 @@ struct Shown<'a> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.discard_data {
+        discard_data(&args.disk)?;
+    }
     let shown = args.disk.display();
     let file = std::fs::File::open(&args.disk).with_context(|| format!("open {shown}"))?;
     let label = Label::read(&file).with_context(|| format!("read the label of {shown}"))?;
@@ -83,5 +94,41 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for (k, v) in rows {
         println!("{:<20}{v}", format!("{k}:"));
     }
+    Ok(())
+}
+
+/// Marks the copy disk at `path` as holding nothing worth keeping: no
+/// generation, not consistent, nothing dirty. Its data stays in place
+/// until the full sync overwrites it.
+fn discard_data(path: &Path) -> anyhow::Result<()> {
+    let shown = path.display();
+    let disk = match HostedDisk::open(path, None) {
+        Ok(d) => d,
+        Err(LabelError::Locked { .. }) => anyhow::bail!(
+            "{shown} is held by another process (a running member hosts it): stop that member first"
+        ),
+        Err(e) => return Err(e).with_context(|| format!("open {shown}")),
+    };
+    let before = disk.label();
+    anyhow::ensure!(
+        !before.flags.primary_seen,
+        "{shown} has been the production disk of group {:?}: its data is the volume's, \
+         discarding it would lose the volume (to keep a copy's writes instead, copy them \
+         onto the production volume, then discard the copy)",
+        before.group
+    );
+    disk.bitmap()
+        .clear_all()
+        .with_context(|| format!("clear the dirty bitmap of {shown}"))?;
+    disk.update_label(|l| {
+        l.generations = Generations::default();
+        l.flags.consistent = false;
+    })
+    .with_context(|| format!("write the label of {shown}"))?;
+    eprintln!(
+        "{shown}: data discarded (generations were {}); the next join of its member copies \
+         everything from production",
+        before.generations
+    );
     Ok(())
 }

@@ -11,6 +11,7 @@ pub mod events;
 pub mod format;
 pub mod label;
 pub mod serve;
+mod standalone;
 pub mod status;
 pub mod up;
 pub mod verify;

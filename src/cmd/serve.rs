@@ -1,5 +1,6 @@
 //! `geomirror serve`: serve one disk (regular file or block device) over NBD.
 //! With no arguments, serves a 1 GiB demo disk on a unix socket and says how to use it.
+//! A disk carrying a geomirror label is served standalone: see `standalone.rs`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
@@ -8,6 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
+use super::standalone::{open_labeled, Opened};
 use crate::nbd::{Export, ListenAddr, Server, ServerConfig};
 use crate::storage::{
     self, check_range, BlockDevice, Completion, EngineKind, Extent, IoBuf, Reply, Request,
@@ -27,6 +29,9 @@ state directory ($XDG_STATE_HOME/geomirror, else /var/tmp/geomirror-demo) on the
 )]
 pub struct Args {
     /// Disk to serve: a regular file or a block device [default: STATE_DIR/demo.img].
+    /// A disk formatted for geomirror is served on its own: only its data
+    /// area, refused while a group member holds it; its first write starts
+    /// a new data generation, so the group later sees it was written apart.
     #[arg(long)]
     pub disk: Option<PathBuf>,
     /// Where to listen: `unix:PATH` or `HOST:PORT`; repeat for several
@@ -163,27 +168,47 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .map(|s| s.parse())
             .collect::<Result<_, _>>()?
     };
-    let device: Arc<dyn BlockDevice> = match args.null {
-        Some(size) => Arc::new(NullDevice { size }),
-        None => open_disk(&disk, create, args.read_only, args.engine)?,
-    };
-    let export = Export {
-        name: args.name.clone(),
-        description: match args.null {
-            Some(_) => "geomirror null device (no storage)".to_owned(),
-            None => format!("geomirror disk {}", disk.display()),
-        },
-        device,
-        read_only: args.read_only,
-        connections: Default::default(),
-    };
-    let size = export.device.size();
     keep_payload_buffers_in_the_heap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.async_threads.max(1))
         .enable_all()
         .build()
         .context("start the async runtime")?;
+    let mut description = format!("geomirror disk {}", disk.display());
+    let device: Arc<dyn BlockDevice> = match args.null {
+        Some(size) => {
+            description = "geomirror null device (no storage)".to_owned();
+            Arc::new(NullDevice { size })
+        }
+        None => match open_labeled(&disk, args.read_only, args.engine, rt.handle())? {
+            // A geomirror disk: its metadata (bitmap, label) at the end
+            // must never be reachable by a client.
+            Opened::Labeled { device, label } => {
+                tracing::info!(
+                    group = %label.group,
+                    resource = %label.resource,
+                    generations = %label.generations,
+                    "geomirror disk served on its own: data area only; its first write starts a new data generation"
+                );
+                description = format!(
+                    "geomirror disk {} (group {}, resource {}, standalone)",
+                    disk.display(),
+                    label.group,
+                    label.resource
+                );
+                device
+            }
+            Opened::Plain => open_disk(&disk, create, args.read_only, args.engine)?,
+        },
+    };
+    let export = Export {
+        name: args.name.clone(),
+        description,
+        device,
+        read_only: args.read_only,
+        connections: Default::default(),
+    };
+    let size = export.device.size();
     rt.block_on(async move {
         let config = ServerConfig {
             connections_max: args.connections_max,

@@ -241,12 +241,26 @@ impl Roles {
         if self.production.is_none() {
             let resource = self.domain.production().resource.clone();
             let disk = self.hosted(&resource)?;
+            // Dirty chunks left from the last run are writes some copy
+            // lacks: this run starts a new data generation, tracked from
+            // the one those copies hold. A copy that wrote on its own in
+            // the meantime then shows as split brain instead of being
+            // overwritten or taken for newer (DRBD's new current UUID).
+            // A clean bitmap means every copy had everything: the tracked
+            // generation is history.
+            let dirty = disk.bitmap().dirty_bytes() > 0;
             let label = disk
                 .update_label(|l| {
+                    if dirty {
+                        l.generations.new_current();
+                    } else {
+                        l.generations.finish_tracking();
+                    }
                     l.flags.consistent = true;
                     l.flags.primary_seen = true;
                 })
                 .context("update the production disk's label")?;
+            tracing::info!(generations = %label.generations, dirty, "production data generation");
             let device = disk
                 .device(self.engine_kind)
                 .context("open the production disk's engine")?;

@@ -79,6 +79,21 @@ impl Generations {
         self.current = nonzero(rand::random());
     }
 
+    /// The disk is written again without the peers that hold its current
+    /// generation (a production host restarting with dirty chunks, a copy
+    /// disk served on its own): `current` becomes the bitmap generation,
+    /// since the dirty bitmap records every change made after it, and a new
+    /// `current` is drawn. An older bitmap generation goes to history: a
+    /// peer still at it gets a full sync, as the bitmap may no longer cover
+    /// everything since (DRBD's "new current UUID" on a disconnected write).
+    pub fn new_current(&mut self) {
+        if self.bitmap != 0 && self.bitmap != self.current {
+            self.push_history(self.bitmap);
+        }
+        self.bitmap = self.current;
+        self.current = nonzero(rand::random());
+    }
+
     /// Resync finished and the bitmap is clean: forget the tracked
     /// generation (it goes to history).
     pub fn finish_tracking(&mut self) {
@@ -184,6 +199,34 @@ mod tests {
         b.start_tracking();
         assert_eq!(a.plan(&b), SyncPlan::SplitBrain);
         assert_eq!(b.plan(&a), SyncPlan::SplitBrain);
+    }
+
+    #[test]
+    fn a_new_current_tracks_from_the_last_one_and_forgets_older_bitmaps() {
+        let copy = Generations::fresh();
+        let mut prod = copy;
+        prod.new_current();
+        assert_eq!(prod.bitmap, copy.current);
+        assert_eq!(prod.plan(&copy), SyncPlan::PartialToPeer);
+        let mut again = prod;
+        again.new_current();
+        assert_eq!(again.bitmap, prod.current);
+        assert_eq!(again.history[0], copy.current);
+        assert_eq!(again.plan(&prod), SyncPlan::PartialToPeer);
+        assert_eq!(again.plan(&copy), SyncPlan::FullToPeer);
+    }
+
+    #[test]
+    fn a_copy_written_on_its_own_while_production_moved_on_is_split_brain() {
+        let base = Generations::fresh();
+        let (mut prod, mut copy) = (base, base);
+        prod.new_current();
+        copy.new_current();
+        assert_eq!(prod.plan(&copy), SyncPlan::SplitBrain);
+        assert_eq!(
+            crate::replication::decide(&prod, &copy, false),
+            crate::replication::SyncPlan::SplitBrain
+        );
     }
 
     #[test]

@@ -1,0 +1,170 @@
+//! A geomirror disk served on its own by `geomirror serve` (outside the
+//! group, like a DRBD resource used standalone): only its data area is
+//! exposed, and its first write starts a new data generation in the label.
+//!
+//! The new generation is what lets the group see, on the next join, that
+//! this disk was written apart from production: if production wrote too,
+//! the generations say split brain and nothing is synced in either
+//! direction (replication/generation.rs `decide`). Every write is also
+//! marked in the disk's dirty bitmap before it reaches the disk, as a
+//! production host marks what its absent copies lack.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use tokio::runtime::Handle;
+use tokio::sync::OnceCell;
+
+use crate::storage::{
+    BlockDevice, Completion, EngineKind, Extent, HostedDisk, Label, LabelError, Request,
+    StorageError,
+};
+
+/// What `serve` does with a disk, judged from its label.
+pub enum Opened {
+    /// No geomirror label: serve the whole disk as it is.
+    Plain,
+    /// A geomirror disk: serve this device (its data area only).
+    Labeled {
+        device: Arc<dyn BlockDevice>,
+        label: Label,
+    },
+}
+
+/// Opens `path` as a geomirror disk when it carries a label: locked as a
+/// member hosting it would lock it (so a disk a running member holds is
+/// refused), the engine covering the data area only. `rt` runs the label
+/// and bitmap updates of writes.
+pub fn open_labeled(
+    path: &Path,
+    read_only: bool,
+    engine: EngineKind,
+    rt: &Handle,
+) -> anyhow::Result<Opened> {
+    let shown = path.display();
+    match Label::read_path(path) {
+        Ok(_) => {}
+        Err(LabelError::NotFormatted) => return Ok(Opened::Plain),
+        Err(LabelError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Opened::Plain)
+        }
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!("{shown} looks like a geomirror disk but its label cannot be used")
+            })
+        }
+    }
+    let disk = match HostedDisk::open(path, None) {
+        Ok(d) => d,
+        Err(LabelError::Locked { .. }) => bail!(
+            "{shown} is held by another process (a running `geomirror up` member hosts it, \
+             or another serve): stop it first, a disk is written by one host at a time"
+        ),
+        Err(e) => return Err(e).with_context(|| format!("open {shown}")),
+    };
+    let label = disk.label();
+    if !read_only && !label.flags.consistent {
+        bail!(
+            "{shown} does not hold a complete image (a full sync onto it never finished): \
+             refusing to serve it for writing (--read-only serves it anyway)"
+        );
+    }
+    let inner = disk
+        .device(engine)
+        .with_context(|| format!("open the engine of {shown}"))?;
+    let device: Arc<dyn BlockDevice> = if read_only {
+        // The engine shares the locked open file description: the hold
+        // lasts as long as it does.
+        inner
+    } else {
+        Arc::new(GenerationOnWrite {
+            inner,
+            disk: Arc::new(disk),
+            started: Arc::new(OnceCell::new()),
+            rt: rt.clone(),
+        })
+    };
+    Ok(Opened::Labeled { device, label })
+}
+
+/// The data area of a labeled disk; a write first makes the new generation
+/// and its dirty mark durable (both only once per generation and chunk).
+struct GenerationOnWrite {
+    inner: Arc<dyn BlockDevice>,
+    disk: Arc<HostedDisk>,
+    /// Set once the label names the new generation.
+    started: Arc<OnceCell<()>>,
+    rt: Handle,
+}
+
+impl BlockDevice for GenerationOnWrite {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+
+    fn submit(&self, req: Request, done: Completion) {
+        let (offset, len) = match &req {
+            Request::Write { offset, data, .. } => (*offset, data.len() as u64),
+            Request::Trim { offset, len } | Request::WriteZeroes { offset, len, .. } => {
+                (*offset, *len)
+            }
+            Request::Read { .. } | Request::Flush => return self.inner.submit(req, done),
+        };
+        let inner = self.inner.clone();
+        let disk = self.disk.clone();
+        let started = self.started.clone();
+        self.rt.spawn(async move {
+            match prepare(disk, started, offset, len).await {
+                Ok(()) => inner.submit(req, done),
+                Err(e) => {
+                    tracing::error!("write at {offset} refused: {e}");
+                    let source = std::io::Error::other(e.to_string());
+                    let _ = done.send(Err(StorageError::Io { offset, source }));
+                }
+            }
+        });
+    }
+
+    fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>, StorageError> {
+        self.inner.extents(offset, len)
+    }
+}
+
+/// Before the first write: a new current generation in the label. Before
+/// every write: its chunks marked dirty. Both durable (label and bitmap
+/// writes are followed by fdatasync), so no write is on the disk that the
+/// label or bitmap would not own up to after a crash.
+async fn prepare(
+    disk: Arc<HostedDisk>,
+    started: Arc<OnceCell<()>>,
+    offset: u64,
+    len: u64,
+) -> Result<(), LabelError> {
+    started
+        .get_or_try_init(|| {
+            let disk = disk.clone();
+            async move {
+                let label =
+                    blocking(move || disk.update_label(|l| l.generations.new_current())).await?;
+                tracing::warn!(
+                    generations = %label.generations,
+                    "first write while apart from the group: new data generation started"
+                );
+                Ok::<(), LabelError>(())
+            }
+        })
+        .await?;
+    if len > 0 {
+        blocking(move || disk.bitmap().mark(offset, len).map(|_| ())).await?;
+    }
+    Ok(())
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, LabelError> + Send + 'static,
+) -> Result<T, LabelError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(LabelError::Invalid(format!("label update task: {e}"))))
+}
