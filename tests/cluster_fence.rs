@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use cluster_support::{nbd_check_pattern, nbd_write_pattern, Cluster, Spec};
+use cluster_support::{nbd_check_pattern, nbd_try_write, nbd_write_pattern, Cluster, Spec};
 use common::Proc;
 
 /// Starts `geomirror events` following `member`, its lines going to `log`.
@@ -30,22 +30,6 @@ fn wait_event(log: &Path, needle: &str) -> String {
         },
     );
     text
-}
-
-/// Tries one 64 KiB write through NBD: None when it succeeded, else the
-/// name of the errno it failed with (libnbd's `nbd.Error.errno`).
-fn nbd_try_write(uri: &str) -> Option<String> {
-    let code = "try:\n    h.pwrite(b'x' * 65536, 1 << 20)\n    print('ok')\n\
-                except nbd.Error as e:\n    print('failed', e.errno)\n";
-    let out = common::run_ok(common::debian_cmd("nbdsh").args(["-u", uri, "-c", code]));
-    match out.trim() {
-        "ok" => None,
-        o => Some(
-            o.strip_prefix("failed ")
-                .unwrap_or_else(|| panic!("unexpected nbdsh output: {out:?}"))
-                .to_string(),
-        ),
-    }
 }
 
 #[test]

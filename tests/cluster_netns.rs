@@ -147,8 +147,11 @@ fn production_host_cut_off_rejoins_and_its_copy_ends_identical() {
     c.wait_status("w1", "a1 marked failed", |s| {
         member_state(s, "a1") == "failed"
     });
-    // The isolated host's clients still reach it over its unix socket.
-    cluster_support::nbd_write_pattern(&c.nbd_uri("a1"), 6 << 20, 128 << 10, 13);
+    // The isolated host's clients still reach it over its unix socket, but
+    // once its grace without quorum is over it refuses their writes.
+    common::wait_until("a1 fences writes", cluster_support::SETTLE, || {
+        cluster_support::nbd_try_write(&c.nbd_uri("a1")).as_deref() == Some("EIO")
+    });
     net.restore(1);
     let s = c.wait_status("w1", "a1 back as production host, copy in sync", |s| {
         member_state(s, "a1") == "joined"

@@ -13,15 +13,24 @@
 //! a flush only makes durable what was acknowledged before the fence.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
+
+use super::report::LocalView;
+use crate::group::engine::Engine;
+use crate::group::{GroupState, MemberId, ResourceId};
+use crate::obs::{Event, EventBus};
 use crate::storage::{BlockDevice, Completion, Extent, Request, StorageError};
 
 /// How long the engine may report no quorum before writes are fenced: three
 /// election timeouts of the engine (1 s each by default), so an ordinary
 /// leader election, which ends within two, never fences anything.
 pub const NO_QUORUM_GRACE_MS: u64 = 3_000;
+
+/// Period of the quorum check.
+const CHECK_PERIOD_MS: u64 = 200;
 
 /// The switch shared by the fence watcher and the export's device.
 #[derive(Debug, Default)]
@@ -112,6 +121,70 @@ impl QuorumFence {
             return Some(FenceChange::Resumed);
         }
         None
+    }
+}
+
+/// What the fence watcher needs of the daemon.
+#[derive(Clone)]
+pub struct FenceWatch {
+    pub fence: Arc<Mutex<QuorumFence>>,
+    pub engine: Arc<Engine<GroupState>>,
+    pub state: watch::Receiver<Arc<GroupState>>,
+    /// The production resource: its host is the one member fenced.
+    pub production: ResourceId,
+    pub me: MemberId,
+    pub member: String,
+    pub bus: EventBus,
+    pub local: Arc<Mutex<LocalView>>,
+}
+
+impl FenceWatch {
+    /// Observe the engine's quorum every 200 ms and on every committed
+    /// state until the state channel closes. A task of its own: the
+    /// daemon's loop can wait a whole proposal timeout while there is no
+    /// quorum, and the fence must not wait with it.
+    pub async fn run(mut self) {
+        let mut tick = tokio::time::interval(Duration::from_millis(CHECK_PERIOD_MS));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                r = self.state.changed() => if r.is_err() { return },
+            }
+            let is_host = self.state.borrow_and_update().host(&self.production) == Some(self.me);
+            self.check(is_host);
+        }
+    }
+
+    /// One observation with the engine's quorum now: a change is logged,
+    /// published as an event and shown in status.
+    pub fn check(&self, is_host: bool) {
+        let quorum = self.engine.metrics().has_quorum;
+        // Status shows quorum as the fence saw it, even while the daemon's
+        // loop waits on a proposal.
+        self.local.lock().unwrap_or_else(|p| p.into_inner()).quorum = quorum;
+        let mut fence = self.fence.lock().unwrap_or_else(|p| p.into_inner());
+        match fence.observe(quorum, is_host, Instant::now()) {
+            Some(FenceChange::Fenced(why)) => {
+                tracing::error!("writes fenced: {why}");
+                self.bus.publish(Event::WritesFenced {
+                    member: self.member.clone(),
+                    reason: why,
+                });
+            }
+            Some(FenceChange::Resumed) => {
+                tracing::warn!(
+                    "quorum is back and this member still hosts production: writes resume"
+                );
+                self.bus.publish(Event::WritesResumed {
+                    member: self.member.clone(),
+                });
+            }
+            None => return,
+        }
+        self.local
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .writes_fenced = fence.reason().map(str::to_owned);
     }
 }
 

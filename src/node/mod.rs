@@ -34,11 +34,10 @@ use crate::group::engine::{Engine, EngineConfig};
 use crate::group::join::{self, Action, Event};
 use crate::group::state::GroupState;
 use crate::group::{Desired, DomainSpec, GroupCommand, MemberId};
-use crate::obs;
 use crate::storage::EngineKind;
 
 use control_server::{control_loop, ControlContext};
-use fence::{FenceChange, QuorumFence};
+use fence::{FenceWatch, QuorumFence};
 use observe::Observer;
 pub use probe::ProbeError;
 use report::LocalView;
@@ -113,9 +112,11 @@ pub async fn run(
         engine_key(&domain.secret),
     );
     cfg.peers = peers.clone();
-    let engine = Engine::<GroupState>::start_with_incoming(cfg, routes.engine)
-        .await
-        .context("start the group engine")?;
+    let engine = Arc::new(
+        Engine::<GroupState>::start_with_incoming(cfg, routes.engine)
+            .await
+            .context("start the group engine")?,
+    );
     let initial = engine.state().borrow().clone();
     let mut observer = Observer::start(me, &member, initial)?;
     let was_voter = engine.is_member();
@@ -161,7 +162,7 @@ pub async fn run(
     }
 
     let mut roles = Roles::new(me, domain.clone(), disks.clone(), opts.engine);
-    let mut fence = QuorumFence::new(Duration::from_millis(fence::NO_QUORUM_GRACE_MS));
+    let fence = QuorumFence::new(Duration::from_millis(fence::NO_QUORUM_GRACE_MS));
     roles.set_fence(fence.gate());
     if let Some(m) = observer.metrics() {
         roles.set_write_metrics(m.writes());
@@ -179,6 +180,17 @@ pub async fn run(
         verifying: Arc::default(),
     };
     let control_task = tokio::spawn(control_loop(routes.control, control.clone()));
+    let fence = FenceWatch {
+        fence: Arc::new(Mutex::new(fence)),
+        engine: engine.clone(),
+        state: state_rx.clone(),
+        production: domain.production().resource.clone(),
+        me,
+        member: member.name.clone(),
+        bus: observer.bus(),
+        local: local.clone(),
+    };
+    let fence_task = tokio::spawn(fence.clone().run());
 
     let started = Event::Started {
         accessible: disks.keys().cloned().collect(),
@@ -214,6 +226,9 @@ pub async fn run(
             state_changed = false;
             let state = state_rx.borrow_and_update().clone();
             observer.on_state(&state);
+            // A state just committed that names this member the production
+            // host lifts a fence before the export (re)starts serving.
+            fence.check(state.host(&fence.production) == Some(me));
             let actions = join::step(
                 &state,
                 me,
@@ -257,31 +272,12 @@ pub async fn run(
             }
             _ = tick.tick() => {
                 let m = engine.metrics();
-                let production = &domain.production().resource;
-                let is_host = roles.serving() && state_rx.borrow().host(production) == Some(me);
-                match fence.observe(m.has_quorum, is_host, Instant::now()) {
-                    Some(FenceChange::Fenced(why)) => {
-                        tracing::error!("writes fenced: {why}");
-                        observer.bus().publish(obs::Event::WritesFenced {
-                            member: member.name.clone(),
-                            reason: why,
-                        });
-                    }
-                    Some(FenceChange::Resumed) => {
-                        tracing::warn!("quorum is back and this member still hosts production: writes resume");
-                        observer.bus().publish(obs::Event::WritesResumed {
-                            member: member.name.clone(),
-                        });
-                    }
-                    None => {}
-                }
                 {
                     let mut l = local.lock().unwrap_or_else(|p| p.into_inner());
                     l.leader = m.leader.and_then(MemberId::from_node_id);
                     l.quorum = m.has_quorum;
                     l.voters = m.voters.len();
                     l.copies = roles.copy_stats();
-                    l.writes_fenced = fence.reason().map(str::to_owned);
                 }
                 *links.lock().unwrap_or_else(|p| p.into_inner()) = roles.copy_links();
                 let copies = roles.copy_stats();
@@ -338,6 +334,7 @@ pub async fn run(
     // stopped cleanly comes back as soon as a majority of them starts again.
     let _ = engine.shutdown().await;
     control_task.abort();
+    fence_task.abort();
     repl_task.abort();
     mux_task.abort();
     Ok(())

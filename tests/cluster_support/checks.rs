@@ -118,3 +118,19 @@ pub fn nbd_check_pattern(uri: &str, offset: u64, len: usize, seed: u8) {
     );
     common::run_ok(common::debian_cmd("nbdsh").args(["-u", uri, "-c", &code]));
 }
+
+/// Tries one 64 KiB write through NBD: None when it succeeded, else the
+/// name of the errno it failed with (libnbd's `nbd.Error.errno`).
+pub fn nbd_try_write(uri: &str) -> Option<String> {
+    let code = "try:\n    h.pwrite(b'x' * 65536, 1 << 20)\n    print('ok')\n\
+                except nbd.Error as e:\n    print('failed', e.errno)\n";
+    let out = common::run_ok(common::debian_cmd("nbdsh").args(["-u", uri, "-c", code]));
+    match out.trim() {
+        "ok" => None,
+        o => Some(
+            o.strip_prefix("failed ")
+                .unwrap_or_else(|| panic!("unexpected nbdsh output: {out:?}"))
+                .to_string(),
+        ),
+    }
+}
