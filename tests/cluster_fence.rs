@@ -253,3 +253,45 @@ fn a_copy_written_standalone_while_production_wrote_is_split_brain_and_never_mer
     c.stop_all();
     c.assert_identical(1);
 }
+
+#[test]
+fn a_copy_written_standalone_while_the_running_production_wrote_is_split_brain() {
+    if !common::require(&["nbdsh"]) {
+        return;
+    }
+    let spec = Spec::new(
+        "async",
+        2,
+        "16M",
+        &[("a1", Some(0)), ("b1", Some(1)), ("w1", None)],
+    );
+    let mut c = Cluster::new(spec);
+    c.start_all(&["a1", "b1", "w1"]);
+    c.wait_synced("a1");
+    let uri = c.nbd_uri("a1");
+    c.stop("b1");
+    // Production keeps running and writing; the copy disk is used on its own.
+    nbd_write_pattern(&uri, 4 << 20, 65536, 5);
+    let copy_disk = c.disk(1);
+    let data_bytes = c.data_size(1);
+    let (mut served, copy_uri) = serve_standalone(c.dir.path(), &copy_disk);
+    nbd_write_pattern(&copy_uri, 5 << 20, 65536, 6);
+    served.signal(libc::SIGTERM);
+    assert!(served
+        .wait_timeout(cluster_support::SETTLE)
+        .is_some_and(|s| s.success()));
+    let copy_sum = data_sum(&copy_disk, data_bytes);
+
+    c.start("b1");
+    c.wait_status("a1", "split brain on a1", |s| {
+        s.resources[1].state == "SplitBrain"
+    });
+    // Production goes on serving its own data.
+    nbd_check_pattern(&uri, 4 << 20, 65536, 5);
+    c.stop_all();
+    assert_eq!(
+        copy_sum,
+        data_sum(&copy_disk, data_bytes),
+        "nothing was synced onto the copy"
+    );
+}

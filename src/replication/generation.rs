@@ -50,6 +50,11 @@ pub fn decide(production: &Generations, copy: &Generations, log_empty: bool) -> 
     if c.current == p.bitmap {
         return SyncPlan::Partial;
     }
+    // The copy moved on from production's current generation while
+    // production holds writes this copy lacks: both wrote since they parted.
+    if c.bitmap != 0 && c.bitmap == p.current && !log_empty {
+        return SyncPlan::SplitBrain;
+    }
     if p.current != 0 && c_ancestors.contains(&p.current) {
         return SyncPlan::Refuse(format!(
             "copy {c} holds newer data than production {p}: sync in the other direction"
@@ -101,6 +106,14 @@ mod tests {
     fn both_sides_wrote_is_split_brain() {
         assert_eq!(
             decide(&g(6, 5, 4), &g(7, 5, 4), false),
+            SyncPlan::SplitBrain
+        );
+    }
+
+    #[test]
+    fn copy_written_apart_while_a_running_production_wrote_is_split_brain() {
+        assert_eq!(
+            decide(&g(5, 0, 4), &g(6, 5, 4), false),
             SyncPlan::SplitBrain
         );
     }
