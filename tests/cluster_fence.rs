@@ -101,15 +101,19 @@ fn data_sum(path: &Path, len: u64) -> u32 {
     h.finalize()
 }
 
-/// The `generations` object of a disk's label.
-fn generations(disk: &Path) -> serde_json::Value {
+/// A disk's label, as `label --json` prints it.
+fn label(disk: &Path) -> serde_json::Value {
     let out = common::run_ok(
         Command::new(common::bin())
             .args(["label", "--json"])
             .arg(disk),
     );
-    let v: serde_json::Value = serde_json::from_str(&out).expect("label JSON");
-    v["generations"].clone()
+    serde_json::from_str(&out).expect("label JSON")
+}
+
+/// The `generations` object of a disk's label.
+fn generations(disk: &Path) -> serde_json::Value {
+    label(disk)["generations"].clone()
 }
 
 /// `geomirror serve --disk DISK` on a unix socket in `dir`; returns the
@@ -196,6 +200,10 @@ fn a_copy_written_standalone_while_production_wrote_is_split_brain_and_never_mer
         after["bitmap"], before["current"],
         "tracked from the shared one"
     );
+    assert!(
+        label(&copy_disk)["dirty_bytes"].as_u64() >= Some(65536),
+        "the standalone write is marked in the copy's bitmap"
+    );
     let sums = (
         data_sum(&prod_disk, data_bytes),
         data_sum(&copy_disk, data_bytes),
@@ -246,6 +254,20 @@ fn a_copy_written_standalone_while_production_wrote_is_split_brain_and_never_mer
         Command::new(common::bin())
             .args(["label", "--discard-data"])
             .arg(&copy_disk),
+    );
+    let out = Command::new(common::bin())
+        .args(["serve", "--disk"])
+        .arg(&copy_disk)
+        .args([
+            "--listen",
+            &format!("unix:{}", c.dir.path().join("y.sock").display()),
+        ])
+        .output()
+        .expect("run serve");
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("does not hold a complete image"),
+        "a discarded disk is not served for writing: {out:?}"
     );
     c.start_all(&["a1", "b1", "w1"]);
     c.wait_synced("a1");
