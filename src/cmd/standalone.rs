@@ -168,3 +168,92 @@ async fn blocking<T: Send + 'static>(
         .await
         .unwrap_or_else(|e| Err(LabelError::Invalid(format!("label update task: {e}"))))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{self, FormatOptions, IoBuf};
+
+    fn formatted(dir: &Path) -> std::path::PathBuf {
+        let path = dir.join("copy.img");
+        let f = std::fs::File::create_new(&path).expect("create disk");
+        f.set_len(8 << 20).expect("size disk");
+        let opts = FormatOptions {
+            group: "payroll".into(),
+            resource: "payroll-dr".into(),
+            bitmap_chunk_bytes: 64 << 10,
+            force: false,
+        };
+        Label::format(&f, &opts).expect("format");
+        let disk = HostedDisk::open(&path, None).expect("open");
+        // As a finished full sync leaves it.
+        disk.update_label(|l| l.flags.consistent = true)
+            .expect("mark consistent");
+        path
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn first_write_starts_a_new_generation_and_marks_the_bitmap() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = formatted(dir.path());
+        let before = Label::read_path(&path).expect("label");
+        let Opened::Labeled { device, .. } =
+            open_labeled(&path, false, EngineKind::Plain, &Handle::current()).expect("open")
+        else {
+            panic!("a formatted disk is served as labeled");
+        };
+        assert_eq!(device.size(), before.data_size(), "data area only");
+        let past_end = Request::Read {
+            offset: before.data_size(),
+            len: 4096,
+        };
+        assert!(
+            storage::call(&*device, past_end).await.is_err(),
+            "metadata unreachable"
+        );
+        let read = Request::Read {
+            offset: 0,
+            len: 4096,
+        };
+        storage::call(&*device, read).await.expect("read");
+        assert_eq!(
+            Label::read_path(&path).expect("label").generations,
+            before.generations
+        );
+
+        let write = Request::Write {
+            offset: 1 << 20,
+            data: IoBuf::zeroed(4096),
+            fua: false,
+        };
+        storage::call(&*device, write).await.expect("write");
+        let after = Label::read_path(&path).expect("label");
+        assert_ne!(after.generations.current, before.generations.current);
+        assert_eq!(after.generations.bitmap, before.generations.current);
+        drop(device);
+        let f = std::sync::Arc::new(std::fs::File::open(&path).expect("open"));
+        let bitmap = crate::storage::DirtyBitmap::load(f, after.layout).expect("bitmap");
+        assert!(bitmap.is_dirty(1 << 20));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_held_disk_is_refused_and_an_unformatted_one_is_plain() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = formatted(dir.path());
+        let held = HostedDisk::open(&path, None).expect("host it");
+        let err = open_labeled(&path, false, EngineKind::Plain, &Handle::current())
+            .err()
+            .expect("held disk refused");
+        assert!(err.to_string().contains("held by another process"), "{err}");
+        drop(held);
+
+        let plain = dir.path().join("plain.img");
+        std::fs::File::create_new(&plain)
+            .and_then(|f| f.set_len(1 << 20))
+            .expect("plain disk");
+        assert!(matches!(
+            open_labeled(&plain, false, EngineKind::Plain, &Handle::current()),
+            Ok(Opened::Plain)
+        ));
+    }
+}
