@@ -36,12 +36,21 @@ const CHECK_PERIOD_MS: u64 = 200;
 #[derive(Debug, Default)]
 pub struct FenceGate {
     fenced: AtomicBool,
+    /// Whether the export runs: only a serving host has writes to fence (a
+    /// member restarting with a state that still names it host does not
+    /// fence itself while it waits for the group's first leader).
+    serving: AtomicBool,
 }
 
 impl FenceGate {
     /// Whether writes are refused now.
     pub fn is_fenced(&self) -> bool {
         self.fenced.load(Ordering::Acquire)
+    }
+
+    /// The export started (true) or stopped (false) serving.
+    pub fn set_serving(&self, serving: bool) {
+        self.serving.store(serving, Ordering::Release);
     }
 
     fn set(&self, fenced: bool) {
@@ -102,7 +111,8 @@ impl QuorumFence {
         let fenced = self.gate.is_fenced();
         if !fenced {
             let lost_for = self.lost_at.map(|t| now.saturating_duration_since(t));
-            if is_host && lost_for.is_some_and(|d| d > self.grace) {
+            let serving = self.gate.serving.load(Ordering::Acquire);
+            if is_host && serving && lost_for.is_some_and(|d| d > self.grace) {
                 let why = format!(
                     "no quorum for more than {} ms: this production host cannot tell whether \
                      the group moved production elsewhere, so it refuses writes (EIO) until \
@@ -235,9 +245,16 @@ mod tests {
 
     const GRACE: Duration = Duration::from_millis(3_000);
 
+    /// A fence whose export serves.
+    fn serving() -> QuorumFence {
+        let f = QuorumFence::new(GRACE);
+        f.gate().set_serving(true);
+        f
+    }
+
     #[test]
     fn an_election_shorter_than_the_grace_fences_nothing() {
-        let mut f = QuorumFence::new(GRACE);
+        let mut f = serving();
         let t0 = Instant::now();
         assert_eq!(f.observe(false, true, t0), None);
         assert_eq!(f.observe(false, true, t0 + GRACE), None);
@@ -248,7 +265,7 @@ mod tests {
 
     #[test]
     fn a_production_host_without_quorum_past_the_grace_is_fenced_and_resumes_with_quorum() {
-        let mut f = QuorumFence::new(GRACE);
+        let mut f = serving();
         let t0 = Instant::now();
         f.observe(false, true, t0);
         let later = t0 + GRACE + Duration::from_millis(1);
@@ -264,7 +281,7 @@ mod tests {
 
     #[test]
     fn a_member_that_lost_the_production_role_stays_fenced_with_quorum() {
-        let mut f = QuorumFence::new(GRACE);
+        let mut f = serving();
         let t0 = Instant::now();
         f.observe(false, true, t0);
         f.observe(false, true, t0 + GRACE * 2);
@@ -274,10 +291,19 @@ mod tests {
 
     #[test]
     fn a_member_that_is_not_the_production_host_is_never_fenced() {
-        let mut f = QuorumFence::new(GRACE);
+        let mut f = serving();
         let t0 = Instant::now();
         f.observe(false, false, t0);
         assert_eq!(f.observe(false, false, t0 + GRACE * 2), None);
+        assert!(!f.gate().is_fenced());
+    }
+
+    #[test]
+    fn a_named_host_that_does_not_serve_yet_is_not_fenced() {
+        let mut f = QuorumFence::new(GRACE);
+        let t0 = Instant::now();
+        f.observe(false, true, t0);
+        assert_eq!(f.observe(false, true, t0 + GRACE * 2), None);
         assert!(!f.gate().is_fenced());
     }
 

@@ -383,6 +383,7 @@ impl Roles {
                 tracing::error!("NBD server: {e}");
             }
         });
+        self.fence.set_serving(true);
         tracing::info!(%address, epoch, "serving the volume over NBD (production host)");
         if let Some(p) = self.production.as_mut() {
             p.serving = Some(Serving {
@@ -396,6 +397,7 @@ impl Roles {
 
     async fn stop_serving(&mut self) {
         if let Some(s) = self.production.as_mut().and_then(|p| p.serving.take()) {
+            self.fence.set_serving(false);
             tracing::info!("stop serving the volume: draining NBD requests");
             let _ = s.stop.send(true);
             let _ = s.task.await;
