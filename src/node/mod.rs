@@ -283,7 +283,7 @@ pub async fn run(
                 let copies = roles.copy_stats();
                 observer.on_tick(&control.report(), &copies, roles.nbd_connections());
                 // Without quorum nothing can be committed: a proposal would
-                // only hold this loop (and the fence above) for its timeout.
+                // only hold this loop (status, state changes) for its timeout.
                 if !m.has_quorum {
                     continue;
                 }
