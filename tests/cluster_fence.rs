@@ -221,6 +221,13 @@ fn a_copy_written_standalone_while_production_wrote_is_split_brain_and_never_mer
         "{}",
         s.to_text()
     );
+    assert!(
+        s.warnings
+            .iter()
+            .any(|w| w.contains("split brain on payroll-dr") && w.contains("--discard-data")),
+        "status says what to do: {:?}",
+        s.warnings
+    );
     c.wait_status("b1", "split brain seen from b1", |s| {
         s.resources[1].state == "SplitBrain"
     });

@@ -117,6 +117,15 @@ pub fn build(
                 r.lag_bytes = c.lag_bytes;
                 r.lag_s = c.lag_s;
             }
+            if r.state == "SplitBrain" {
+                warnings.push(format!(
+                    "split brain on {}: {} and {to} both wrote while apart; nothing is synced \
+                     until one side's writes are given up (stop {to}, run `geomirror label \
+                     --discard-data` on its disk, start it: a full sync follows)",
+                    r.id,
+                    name(pair.from),
+                ));
+            }
             mirroring.push(MirrorStatus {
                 from: name(pair.from),
                 to,
@@ -321,6 +330,39 @@ address = "127.0.0.1:3"
             "{}",
             r.to_text()
         );
+    }
+
+    #[test]
+    fn a_split_brain_is_shown_on_every_member_with_how_to_resolve_it() {
+        let (d, s) = mirrored(SyncReport {
+            state: CopyState::SplitBrain,
+            ..SyncReport::default()
+        });
+        let r = build(&d, MemberId(2), &s, &LocalView::default());
+        assert_eq!(r.resources[1].state, "SplitBrain");
+        assert!(
+            r.warnings
+                .iter()
+                .any(|w| w.contains("split brain on payroll-dr") && w.contains("--discard-data")),
+            "{:?}",
+            r.warnings
+        );
+    }
+
+    #[test]
+    fn a_fenced_production_host_shows_fenced_and_why() {
+        let (d, s) = mirrored(SyncReport::default());
+        let local = LocalView {
+            writes_fenced: Some("no quorum".into()),
+            ..LocalView::default()
+        };
+        let r = build(&d, MemberId(0), &s, &local);
+        assert_eq!(r.resources[0].state, "Fenced");
+        assert!(r
+            .warnings
+            .iter()
+            .any(|w| w.contains("writes fenced on a1: no quorum")));
+        assert!(r.to_text().contains("Fenced"), "{}", r.to_text());
     }
 
     #[test]
