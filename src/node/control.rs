@@ -90,7 +90,25 @@ pub enum Request {
     /// Compare the production disk with every copy online (production host
     /// only); one [`super::verify::VerifyReply`] frame in answer.
     Verify,
+    /// As `Verify`, with progress: [`super::verify::VerifyFrame`] frames,
+    /// `Progress` at most every [`PROGRESS_INTERVAL_MS`] (and at each tenth
+    /// of the work) and at least every [`PROGRESS_HEARTBEAT_MS`], then one
+    /// `Done`. A new variant rather than a change to `Verify`, so a client
+    /// that expects one frame still gets one; a member that predates this
+    /// variant cannot decode it and closes the connection, which the client
+    /// reports instead of waiting.
+    VerifyStreamed,
 }
+
+/// Least time between two progress frames of a streamed verify, except that
+/// each tenth of the work done is always sent.
+pub const PROGRESS_INTERVAL_MS: u64 = 250;
+/// Most time between two frames of a streamed verify: the latest progress is
+/// sent again even when unchanged (waiting for another verify to end, a slow
+/// batch), so the client can tell a slow member from a dead one.
+pub const PROGRESS_HEARTBEAT_MS: u64 = 5_000;
+/// A streamed-verify client gives up after this long without a frame.
+pub const STREAM_IDLE_TIMEOUT_MS: u64 = 6 * PROGRESS_HEARTBEAT_MS;
 
 /// Writes one frame: length (u32 BE), crc32 of the payload (u32 BE), payload (JSON).
 pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(

@@ -1,5 +1,6 @@
 //! Progress of long work (resync, verify): an indicatif bar with bytes, rate
-//! and ETA on a terminal; elsewhere a log line at most every few seconds.
+//! and ETA on a terminal; elsewhere a log line every few seconds and at each
+//! tenth of the work.
 //!
 //! Rate and ETA come from [`estimate`], a pure function of the counts and
 //! the elapsed time, so the arithmetic is tested without a clock.
@@ -72,7 +73,9 @@ pub fn format_line(what: &str, e: &Estimate) -> String {
     )
 }
 
-/// Throttled progress lines, driven by the caller's clock.
+/// Throttled progress lines, driven by the caller's clock: one when
+/// `interval` has passed since the last, or a new tenth of the work is done
+/// (so short work still shows a few lines, and long work one every interval).
 #[derive(Debug)]
 pub struct LogProgress {
     what: String,
@@ -80,6 +83,8 @@ pub struct LogProgress {
     done_bytes: u64,
     start: Instant,
     last_line: Instant,
+    /// Tenth of the work (0 to 10) shown by the last line.
+    last_tenth: u64,
     interval: Duration,
 }
 
@@ -92,19 +97,33 @@ impl LogProgress {
             done_bytes: 0,
             start,
             last_line: start,
+            last_tenth: 0,
             interval,
         }
     }
 
-    /// Adds `bytes` done at `now`; returns a line when `interval` has passed
-    /// since the last one.
+    /// Adds `bytes` done at `now`; returns a line when one is due.
     pub fn inc_at(&mut self, bytes: u64, now: Instant) -> Option<String> {
-        self.done_bytes = self.done_bytes.saturating_add(bytes);
-        if now.saturating_duration_since(self.last_line) < self.interval {
+        self.set_at(self.done_bytes.saturating_add(bytes), now)
+    }
+
+    /// `done_bytes` are done in all at `now`; returns a line when `interval`
+    /// has passed since the last one or a new tenth is reached.
+    pub fn set_at(&mut self, done_bytes: u64, now: Instant) -> Option<String> {
+        self.done_bytes = done_bytes;
+        let tenth = tenths(done_bytes, self.total_bytes);
+        if now.saturating_duration_since(self.last_line) < self.interval && tenth <= self.last_tenth
+        {
             return None;
         }
         self.last_line = now;
+        self.last_tenth = tenth;
         Some(self.line(now))
+    }
+
+    /// Names the work anew (e.g. the copy a verify moved on to).
+    pub fn set_what(&mut self, what: &str) {
+        what.clone_into(&mut self.what);
     }
 
     /// The closing line at `now`.
@@ -120,6 +139,15 @@ impl LogProgress {
         let e = estimate(self.done_bytes, self.total_bytes, now - self.start);
         format_line(&self.what, &e)
     }
+}
+
+/// Tenths of `total` that `done` covers, 0 to 10 (10 for empty work).
+fn tenths(done: u64, total: u64) -> u64 {
+    if total == 0 {
+        return 10;
+    }
+    let t = u128::from(done.min(total)) * 10 / u128::from(total);
+    u64::try_from(t).unwrap_or(10)
 }
 
 /// A progress reporter for one piece of long work. Shareable between the
@@ -166,6 +194,26 @@ impl Progress {
         }
     }
 
+    /// As [`Progress::new`], for work that began at `start`, before its
+    /// total was known: the elapsed time, and the mean rate of the log
+    /// lines, count from then.
+    pub fn started_at(total_bytes: u64, what: &str, start: Instant) -> Progress {
+        if std::io::stderr().is_terminal() {
+            let p = Progress::bar(total_bytes, what);
+            if let Sink::Bar(bar) = &p.sink {
+                // The bar's state is shared: this moves its start back.
+                let _ = bar.clone().with_elapsed(start.elapsed());
+            }
+            p
+        } else {
+            let interval = Duration::from_millis(LOG_INTERVAL_MS);
+            let log = LogProgress::new(total_bytes, what, start, interval);
+            Progress {
+                sink: Sink::Log(Mutex::new(log)),
+            }
+        }
+    }
+
     /// `bytes` more are done.
     pub fn inc(&self, bytes: u64) {
         match &self.sink {
@@ -176,6 +224,28 @@ impl Progress {
                     tracing::info!("{line}");
                 }
             }
+        }
+    }
+
+    /// `done_bytes` are done in all (for work that reports where it stands
+    /// rather than what it added).
+    pub fn set(&self, done_bytes: u64) {
+        match &self.sink {
+            Sink::Bar(bar) => bar.set_position(done_bytes),
+            Sink::Log(log) => {
+                let line = lock(log).set_at(done_bytes, Instant::now());
+                if let Some(line) = line {
+                    tracing::info!("{line}");
+                }
+            }
+        }
+    }
+
+    /// Names the work anew.
+    pub fn set_what(&self, what: &str) {
+        match &self.sink {
+            Sink::Bar(bar) => bar.set_message(what.to_owned()),
+            Sink::Log(log) => lock(log).set_what(what),
         }
     }
 
@@ -285,19 +355,41 @@ mod tests {
     }
 
     #[test]
-    fn log_lines_come_at_most_once_per_interval() {
+    fn within_a_tenth_log_lines_come_at_most_once_per_interval() {
         let t0 = Instant::now();
         let s = Duration::from_secs(1);
-        let mut p = LogProgress::new(10 * MIB, "resync", t0, 5 * s);
+        let mut p = LogProgress::new(100 * MIB, "resync", t0, 5 * s);
         assert_eq!(p.inc_at(MIB, t0 + s), None);
         assert_eq!(p.inc_at(MIB, t0 + 4 * s), None);
         let line = p.inc_at(MIB, t0 + 5 * s).expect("interval passed");
-        assert!(line.starts_with("resync: 30.0%"), "{line}");
+        assert!(line.starts_with("resync: 3.0%"), "{line}");
         assert_eq!(p.inc_at(MIB, t0 + 9 * s), None);
         assert!(p.inc_at(MIB, t0 + 10 * s).is_some());
-        p.inc_at(5 * MIB, t0 + 11 * s);
+        p.inc_at(95 * MIB, t0 + 11 * s);
         let last = p.finish_at(t0 + 12 * s);
         assert!(last.starts_with("resync: 100.0%"), "{last}");
         assert!(last.ends_with("(done in 12.0s)"), "{last}");
+    }
+
+    #[test]
+    fn each_new_tenth_gets_a_line_however_fast_the_work_goes() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis(1);
+        let mut p = LogProgress::new(16 * MIB, "verify a1 -> b1", t0, Duration::from_secs(5));
+        // 4 MiB steps cross a tenth each time: 25%, 50%, 75%, 100%.
+        let lines: Vec<String> = (1..=4)
+            .filter_map(|i| p.set_at(i * 4 * MIB, t0 + i as u32 * ms))
+            .collect();
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        assert!(lines[0].starts_with("verify a1 -> b1: 25.0%"), "{lines:?}");
+        // Within the same tenth, nothing until the interval passes.
+        let mut q = LogProgress::new(100 * MIB, "verify", t0, Duration::from_secs(5));
+        assert!(q.set_at(10 * MIB, t0 + ms).is_some());
+        assert!(q.set_at(15 * MIB, t0 + 2 * ms).is_none());
+        q.set_what("verify a1 -> c1");
+        let line = q
+            .set_at(16 * MIB, t0 + Duration::from_secs(6))
+            .expect("interval");
+        assert!(line.starts_with("verify a1 -> c1: 16.0%"), "{line}");
     }
 }
