@@ -1,5 +1,5 @@
-//! Operating a running group: metrics, events, verify, `status --watch` and
-//! the control channel's authentication, against real member processes (one
+//! Operating a running group: metrics, events, `status --watch` and the
+//! control channel's authentication, against real member processes (one
 //! production member, one copy member, one witness on loopback).
 
 mod common;
@@ -7,17 +7,12 @@ mod ops_support;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{bin, Proc};
-use geomirror::node::control::{self, Request};
-use geomirror::node::verify::VerifyReply;
-use ops_support::{
-    has_family, samples, scrape, value, Cluster, CHUNK_BYTES, DISK_BYTES, ONE_CLUSTER, WAIT,
-};
+use ops_support::{has_family, samples, scrape, value, Cluster, ONE_CLUSTER, WAIT};
 
 #[test]
 fn metrics_count_nbd_writes_and_show_the_production_role() {
@@ -162,134 +157,6 @@ fn events_stream_joins_host_changes_mirroring_and_a_killed_copy_failing() {
     common::wait_until("mirroring to b1 to stop", WAIT, || {
         saw(&lines, |v| v["kind"] == "mirroring-stop" && v["to"] == "b1")
     });
-}
-
-/// Overwrites `len` bytes at `offset` of the disk file, bypassing geomirror.
-fn corrupt(disk: &Path, offset: u64, len: usize) {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(disk)
-        .expect("open the copy's disk");
-    f.write_all_at(&vec![0xee; len], offset).expect("corrupt");
-    f.sync_all().expect("sync");
-}
-
-/// Runs `geomirror verify --json` with stdout and stderr into one file, as a
-/// terminal-less operator sees it: returns success, the JSON result, and
-/// the progress lines logged before it.
-fn verify(c: &Cluster) -> (bool, serde_json::Value, Vec<String>) {
-    let path = c.path("verify.out");
-    let out = std::fs::File::create(&path).expect("create");
-    let err = out.try_clone().expect("dup");
-    let status = Command::new(bin())
-        .args(["verify", "--json", "--config", c.cfg()])
-        .stdout(out)
-        .stderr(err)
-        .status()
-        .expect("run verify");
-    let text = std::fs::read_to_string(&path).expect("read the output");
-    // The pretty JSON result starts with a line holding only `{`.
-    let start = text
-        .find("\n{\n")
-        .map(|i| i + 1)
-        .unwrap_or_else(|| panic!("verify printed no JSON result:\n{text}"));
-    // After it, a failed verify says why on stderr.
-    let v = serde_json::Deserializer::from_str(&text[start..])
-        .into_iter()
-        .next()
-        .and_then(Result::ok)
-        .unwrap_or_else(|| panic!("verify's result is not JSON:\n{text}"));
-    let progress = text[..start]
-        .lines()
-        .filter(|l| l.contains("verify a1 -> b1") && l.contains('%'))
-        .map(str::to_owned)
-        .collect();
-    (status.success(), v, progress)
-}
-
-/// Progress lines other than the closing one: proof that frames were
-/// streamed during the verify, not only summed up at its end.
-fn streamed(lines: &[String]) -> Vec<&String> {
-    lines.iter().filter(|l| !l.contains("done in")).collect()
-}
-
-#[test]
-fn verify_reports_zero_on_an_identical_pair_and_exactly_the_corrupted_chunks() {
-    if !common::require(&["qemu-io"]) {
-        return;
-    }
-    let _one = ONE_CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
-    let c = Cluster::start_all();
-    c.write_blocks(4, 1 << 20);
-
-    let (ok, v, progress) = verify(&c);
-    assert!(ok, "{v}");
-    let copy = &v["copies"][0];
-    assert_eq!(copy["copy"], "b1");
-    assert_eq!(copy["chunks_compared"], DISK_BYTES / CHUNK_BYTES);
-    assert_eq!(copy["differing_chunks"], 0, "{v}");
-    // Off a terminal, progress is logged at each tenth: the 16 MiB disk is
-    // compared in 4 MiB batches, so lines come before the result.
-    assert!(!streamed(&progress).is_empty(), "{progress:#?}");
-    assert!(
-        progress.last().is_some_and(|l| l.contains("100.0%")),
-        "{progress:#?}"
-    );
-
-    // Writes stopped; the copy member runs and reads its disk uncached.
-    let chunks = [3u64, 17, 200];
-    for i in chunks {
-        corrupt(&c.path("dr.img"), i * CHUNK_BYTES + 512, 4096);
-    }
-    let (ok, v, progress) = verify(&c);
-    assert!(!ok, "verify must fail when chunks differ: {v}");
-    let copy = &v["copies"][0];
-    assert_eq!(copy["differing_chunks"], chunks.len(), "{v}");
-    let offsets: Vec<u64> = copy["differing_offsets"]
-        .as_array()
-        .expect("offsets")
-        .iter()
-        .map(|o| o.as_u64().expect("offset"))
-        .collect();
-    let want: Vec<u64> = chunks.iter().map(|i| i * CHUNK_BYTES).collect();
-    assert_eq!(offsets, want);
-    // The differing count shows in the progress as it is found.
-    assert!(!streamed(&progress).is_empty(), "{progress:#?}");
-    assert!(
-        progress.iter().any(|l| l.contains("(3 differing)")),
-        "{progress:#?}"
-    );
-
-    // A client that predates the streamed verify asks `Verify` and still
-    // gets exactly one frame: the same answer, no progress frames before it.
-    let domain = geomirror::config::RecoveryDomain::load(&c.config).expect("domain");
-    let a1 = domain
-        .members
-        .iter()
-        .find(|m| m.name == "a1")
-        .expect("a1")
-        .address
-        .clone();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let old: VerifyReply = rt.block_on(async {
-        let mut s = control::connect(&a1, &domain.secret)
-            .await
-            .expect("connect");
-        control::write_frame(&mut s, &Request::Verify)
-            .await
-            .expect("ask");
-        control::read_frame(&mut s).await.expect("one reply frame")
-    });
-    assert_eq!(old.copies.len(), 1, "{old:?}");
-    assert_eq!(old.copies[0].differing_chunks, 3, "{old:?}");
-    assert_eq!(
-        old.copies[0].differing_offsets, want,
-        "the same answer as the streamed verify"
-    );
 }
 
 #[test]

@@ -241,6 +241,15 @@ impl Progress {
         }
     }
 
+    /// The work turned out to be `total_bytes` in all (a resync that
+    /// restarted, a total learnt late).
+    pub fn set_total(&self, total_bytes: u64) {
+        match &self.sink {
+            Sink::Bar(bar) => bar.set_length(total_bytes),
+            Sink::Log(log) => lock(log).total_bytes = total_bytes,
+        }
+    }
+
     /// Names the work anew.
     pub fn set_what(&self, what: &str) {
         match &self.sink {
