@@ -165,6 +165,7 @@ async fn wait_sync(
     let start = std::time::Instant::now();
     let mut progress: Option<Progress> = None;
     let mut note = String::new();
+    let mut last_total_bytes = 0u64;
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let work = async {
@@ -178,7 +179,13 @@ async fn wait_sync(
                 }
             };
             match sync_view(&report) {
-                SyncView::Synced => return (report, None),
+                SyncView::Synced => {
+                    // The last report seen syncing may be short of the end.
+                    if let Some(p) = &progress {
+                        p.set(last_total_bytes);
+                    }
+                    return (report, None);
+                }
                 SyncView::Failed(why) => return (report, Some(why)),
                 SyncView::Syncing {
                     done_bytes,
@@ -187,6 +194,7 @@ async fn wait_sync(
                 } => {
                     say(&mut note, format!("waiting for {}", waiting.join(", ")));
                     if total_bytes > 0 {
+                        last_total_bytes = total_bytes;
                         let p = progress.get_or_insert_with(|| {
                             Progress::started_at(
                                 total_bytes,
