@@ -138,6 +138,57 @@ fn verify_reports_zero_on_an_identical_pair_and_exactly_the_corrupted_chunks() {
         old.copies[0].differing_offsets, want,
         "the same answer as the streamed verify"
     );
+
+    // A request this member does not know (what a newer client's is to an
+    // older member) closes the connection: the client sees the end of the
+    // stream at once, it does not wait for an answer. The bound only
+    // catches a hang.
+    let closed = rt.block_on(async {
+        let mut s = control::connect(&a1, &domain.secret)
+            .await
+            .expect("connect");
+        let unknown = serde_json::json!("VerifyInSomeLaterVersion");
+        control::write_frame(&mut s, &unknown).await.expect("ask");
+        tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            control::read_frame::<_, serde_json::Value>(&mut s),
+        )
+        .await
+    });
+    assert!(
+        matches!(
+            closed,
+            Ok(Err(control::ControlError::Io(ref e))) if e.kind() == std::io::ErrorKind::UnexpectedEof
+        ),
+        "{closed:?}"
+    );
+}
+
+#[test]
+fn on_a_terminal_verify_draws_a_bar_to_the_end() {
+    // `script` gives the command a pseudo-terminal, as a person's shell would.
+    if !common::require(&["qemu-io", "script"]) {
+        return;
+    }
+    let _one = ONE_CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
+    let c = Cluster::start_all();
+    c.write_blocks(2, 1 << 20);
+    let cmd = format!("{} verify --config {}", bin().display(), c.cfg());
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .expect("run script");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("verify a1 -> b1 ["), "no bar drawn: {text}");
+    assert!(
+        text.contains("] 100%"),
+        "the bar did not reach the end: {text}"
+    );
+    assert!(text.contains('\x1b'), "a bar redraws in place: {text}");
+    assert!(text.contains("compared, 0 differing"), "{text}");
+    // No log lines: on a terminal the bar replaces them.
+    assert!(!text.contains("INFO"), "{text}");
 }
 
 #[test]
