@@ -9,7 +9,7 @@ use std::process::Command;
 
 use common::bin;
 use geomirror::node::control::{self, Request};
-use geomirror::node::verify::VerifyReply;
+use geomirror::node::verify::{VerifyFrame, VerifyReply};
 use ops_support::{Cluster, CHUNK_BYTES, DISK_BYTES, ONE_CLUSTER, WAIT};
 
 /// Overwrites `len` bytes at `offset` of the disk file, bypassing geomirror.
@@ -137,6 +137,29 @@ fn verify_reports_zero_on_an_identical_pair_and_exactly_the_corrupted_chunks() {
     assert_eq!(
         old.copies[0].differing_offsets, want,
         "the same answer as the streamed verify"
+    );
+
+    // A member that does not host production refuses in the stream's own
+    // terms: one final frame naming why, no progress.
+    let b1 = domain
+        .members
+        .iter()
+        .find(|m| m.name == "b1")
+        .expect("b1")
+        .address
+        .clone();
+    let refused: VerifyFrame = rt.block_on(async {
+        let mut s = control::connect(&b1, &domain.secret)
+            .await
+            .expect("connect");
+        control::write_frame(&mut s, &Request::VerifyStreamed)
+            .await
+            .expect("ask");
+        control::read_frame(&mut s).await.expect("one frame")
+    });
+    assert!(
+        matches!(&refused, VerifyFrame::Done(r) if r.error.as_deref() == Some("this member is not the production host")),
+        "{refused:?}"
     );
 
     // A request this member does not know (what a newer client's is to an

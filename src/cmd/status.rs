@@ -36,7 +36,7 @@ pub struct Args {
     /// Time between two reports with `--watch` or `--wait-sync` (100 ms to one hour).
     #[arg(long, default_value_t = 2000)]
     pub interval_ms: u64,
-    /// Give up `--wait-sync` after this long (default: one day).
+    /// Give up `--wait-sync` after this long (the default is one day).
     #[arg(long, default_value_t = 86_400_000)]
     pub timeout_ms: u64,
 }
