@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::bin;
+use geomirror::config::RecoveryDomain;
 use geomirror::node::control::{self, Request};
 use geomirror::node::verify::{VerifyFrame, VerifyReply};
 use ops_support::{Cluster, CHUNK_BYTES, DISK_BYTES, ONE_CLUSTER, WAIT};
@@ -63,7 +64,7 @@ fn streamed(lines: &[String]) -> Vec<&String> {
 }
 
 #[test]
-fn verify_reports_zero_on_an_identical_pair_and_exactly_the_corrupted_chunks() {
+fn verify_streams_progress_then_reports_zero_or_exactly_the_corrupted_chunks() {
     if !common::require(&["qemu-io"]) {
         return;
     }
@@ -111,18 +112,8 @@ fn verify_reports_zero_on_an_identical_pair_and_exactly_the_corrupted_chunks() {
 
     // A client that predates the streamed verify asks `Verify` and still
     // gets exactly one frame: the same answer, no progress frames before it.
-    let domain = geomirror::config::RecoveryDomain::load(&c.config).expect("domain");
-    let a1 = domain
-        .members
-        .iter()
-        .find(|m| m.name == "a1")
-        .expect("a1")
-        .address
-        .clone();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let (domain, rt) = client(&c);
+    let a1 = address(&domain, "a1");
     let old: VerifyReply = rt.block_on(async {
         let mut s = control::connect(&a1, &domain.secret)
             .await
@@ -138,16 +129,32 @@ fn verify_reports_zero_on_an_identical_pair_and_exactly_the_corrupted_chunks() {
         old.copies[0].differing_offsets, want,
         "the same answer as the streamed verify"
     );
+}
 
+/// The recovery domain of `c` and a runtime for raw control clients.
+fn client(c: &Cluster) -> (RecoveryDomain, tokio::runtime::Runtime) {
+    let domain = RecoveryDomain::load(&c.config).expect("domain");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    (domain, rt)
+}
+
+fn address(domain: &RecoveryDomain, member: &str) -> String {
+    let m = domain.members.iter().find(|m| m.name == member);
+    m.expect("a member of the domain").address.clone()
+}
+
+#[test]
+fn a_verify_a_member_cannot_serve_gets_one_refusal_frame_and_an_unknown_request_a_close() {
+    let _one = ONE_CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
+    let c = Cluster::start_all();
+    let (domain, rt) = client(&c);
+    let a1 = address(&domain, "a1");
     // A member that does not host production refuses in the stream's own
     // terms: one final frame naming why, no progress.
-    let b1 = domain
-        .members
-        .iter()
-        .find(|m| m.name == "b1")
-        .expect("b1")
-        .address
-        .clone();
+    let b1 = address(&domain, "b1");
     let refused: VerifyFrame = rt.block_on(async {
         let mut s = control::connect(&b1, &domain.secret)
             .await
