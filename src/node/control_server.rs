@@ -159,14 +159,16 @@ async fn verify_streamed(ctx: &ControlContext, s: &mut TcpStream) -> anyhow::Res
     let heartbeat = Duration::from_millis(control::PROGRESS_HEARTBEAT_MS);
     let mut beats = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     let mut pacer = ProgressPacer::new(Duration::from_millis(control::PROGRESS_INTERVAL_MS));
+    let mut sent = VerifyProgress::default();
     loop {
         tokio::select! {
             biased;
             reply = &mut work => {
-                // The last batch's progress (100%) is not left unsaid.
-                if rx.has_changed().unwrap_or(false) {
-                    let p = rx.borrow_and_update().clone();
-                    control::write_frame(s, &VerifyFrame::Progress(p)).await?;
+                // The last progress (100% when every copy was up) is not
+                // left unsaid, whatever the pacing held back.
+                let last = rx.borrow().clone();
+                if last != sent {
+                    control::write_frame(s, &VerifyFrame::Progress(last)).await?;
                 }
                 control::write_frame(s, &VerifyFrame::Done(reply)).await?;
                 return Ok(());
@@ -174,13 +176,15 @@ async fn verify_streamed(ctx: &ControlContext, s: &mut TcpStream) -> anyhow::Res
             Ok(()) = rx.changed() => {
                 let p = rx.borrow_and_update().clone();
                 if pacer.due(&p, Instant::now()) {
-                    control::write_frame(s, &VerifyFrame::Progress(p)).await?;
+                    control::write_frame(s, &VerifyFrame::Progress(p.clone())).await?;
+                    sent = p;
                     beats.reset();
                 }
             }
             _ = beats.tick() => {
                 let p = rx.borrow().clone();
-                control::write_frame(s, &VerifyFrame::Progress(p)).await?;
+                control::write_frame(s, &VerifyFrame::Progress(p.clone())).await?;
+                sent = p;
             }
         }
     }
