@@ -9,10 +9,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-
-use crate::config::RecoveryDomain;
 use tokio::io::AsyncRead;
 
+use crate::config::RecoveryDomain;
 use crate::node::control::{self, ControlError, Request};
 use crate::node::verify::{VerifyFrame, VerifyProgress, VerifyReply};
 use crate::obs::Progress;
