@@ -27,6 +27,7 @@ pub mod bench;
 pub mod cmd;
 pub mod config;
 pub mod demo;
+pub mod frame;
 pub mod group;
 pub mod nbd;
 pub mod node;

@@ -18,12 +18,15 @@ pub mod verify;
 
 use anyhow::Context as _;
 
-/// Logs go to stderr so that stdout stays for machine-readable output.
+/// Logs go to stderr so that stdout stays for machine-readable output;
+/// colours only on a terminal, so a log file or a pipe gets plain lines.
 pub fn init_logging(filter: &str) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }

@@ -10,15 +10,21 @@
 use std::time::Duration;
 
 use serde::{de::DeserializeOwned, Serialize};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::frame::{ByteOrder, FrameError, Framing};
 
 use crate::group::engine::auth::{AuthError, Authenticator};
 
 /// First bytes of a control connection.
 pub const MAGIC: [u8; 4] = *b"GMCT";
 /// Largest control frame either side accepts (a status report is a few KiB).
-pub const FRAME_BYTES_MAX: u32 = 1 << 20;
+pub const FRAME_BYTES_MAX: usize = 1 << 20;
+
+/// The control channel's framing (`crate::frame`): big-endian header, as the
+/// channel has always sent it.
+const FRAMING: Framing = Framing::new(FRAME_BYTES_MAX, ByteOrder::Big);
 
 /// Protocol tag of the control handshake: a proof made for the group engine
 /// or replication cannot be replayed here.
@@ -36,7 +42,7 @@ pub enum ControlError {
     Io(#[from] std::io::Error),
     /// A frame announced a length above [`FRAME_BYTES_MAX`]; nothing was allocated.
     #[error("control frame of {0} bytes is over the {FRAME_BYTES_MAX}-byte limit")]
-    TooLong(u32),
+    TooLong(usize),
     /// The payload does not match its crc32.
     #[error("control frame checksum mismatch")]
     Checksum,
@@ -49,6 +55,16 @@ pub enum ControlError {
     /// The member did not accept the connection in time.
     #[error("connecting to {0} timed out")]
     ConnectTimeout(String),
+}
+
+impl From<FrameError> for ControlError {
+    fn from(e: FrameError) -> ControlError {
+        match e {
+            FrameError::Io(e) => ControlError::Io(e),
+            FrameError::TooLarge { len, .. } => ControlError::TooLong(len),
+            FrameError::Checksum { .. } => ControlError::Checksum,
+        }
+    }
 }
 
 /// The authenticator of the control channel. Its key is derived from the
@@ -90,7 +106,25 @@ pub enum Request {
     /// Compare the production disk with every copy online (production host
     /// only); one [`super::verify::VerifyReply`] frame in answer.
     Verify,
+    /// As `Verify`, with progress: [`super::verify::VerifyFrame`] frames,
+    /// `Progress` at most every [`PROGRESS_INTERVAL_MS`] (and at each tenth
+    /// of the work) and at least every [`PROGRESS_HEARTBEAT_MS`], then one
+    /// `Done`. A new variant rather than a change to `Verify`, so a client
+    /// that expects one frame still gets one; a member that predates this
+    /// variant cannot decode it and closes the connection, which the client
+    /// reports instead of waiting.
+    VerifyStreamed,
 }
+
+/// Least time between two progress frames of a streamed verify, except that
+/// each tenth of the work done is always sent.
+pub const PROGRESS_INTERVAL_MS: u64 = 250;
+/// Most time between two frames of a streamed verify: the latest progress is
+/// sent again even when unchanged (waiting for another verify to end, a slow
+/// batch), so the client can tell a slow member from a dead one.
+pub const PROGRESS_HEARTBEAT_MS: u64 = 5_000;
+/// A streamed-verify client gives up after this long without a frame.
+pub const STREAM_IDLE_TIMEOUT_MS: u64 = 6 * PROGRESS_HEARTBEAT_MS;
 
 /// Writes one frame: length (u32 BE), crc32 of the payload (u32 BE), payload (JSON).
 pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
@@ -98,17 +132,7 @@ pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
     msg: &T,
 ) -> Result<(), ControlError> {
     let payload = serde_json::to_vec(msg)?;
-    let len = u32::try_from(payload.len())
-        .ok()
-        .filter(|&l| l <= FRAME_BYTES_MAX)
-        .ok_or(ControlError::TooLong(u32::MAX))?;
-    let mut buf = Vec::with_capacity(8 + payload.len());
-    buf.extend_from_slice(&len.to_be_bytes());
-    buf.extend_from_slice(&crc32fast::hash(&payload).to_be_bytes());
-    buf.extend_from_slice(&payload);
-    w.write_all(&buf).await?;
-    w.flush().await?;
-    Ok(())
+    Ok(FRAMING.write(w, &payload).await?)
 }
 
 /// Reads one frame, checking the length bound before allocating and the
@@ -116,18 +140,7 @@ pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
 pub async fn read_frame<R: AsyncRead + Unpin, T: DeserializeOwned>(
     r: &mut R,
 ) -> Result<T, ControlError> {
-    let mut head = [0u8; 8];
-    r.read_exact(&mut head).await?;
-    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
-    let crc = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
-    if len > FRAME_BYTES_MAX {
-        return Err(ControlError::TooLong(len));
-    }
-    let mut payload = vec![0u8; len as usize];
-    r.read_exact(&mut payload).await?;
-    if crc32fast::hash(&payload) != crc {
-        return Err(ControlError::Checksum);
-    }
+    let payload = FRAMING.read(r).await?;
     Ok(serde_json::from_slice(&payload)?)
 }
 
@@ -141,6 +154,21 @@ mod tests {
         write_frame(&mut a, &Request::Status).await.expect("write");
         let got: Request = read_frame(&mut b).await.expect("read");
         assert_eq!(got, Request::Status);
+    }
+
+    #[tokio::test]
+    async fn the_control_header_stays_big_endian_for_older_clients() {
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        write_frame(&mut a, &Request::Status).await.expect("write");
+        drop(a);
+        let mut raw = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut b, &mut raw)
+            .await
+            .expect("read");
+        let payload = br#""Status""#;
+        assert_eq!(raw[..4], (payload.len() as u32).to_be_bytes());
+        assert_eq!(raw[4..8], crc32fast::hash(payload).to_be_bytes());
+        assert_eq!(&raw[8..], payload);
     }
 
     #[tokio::test]
@@ -167,7 +195,7 @@ mod tests {
         a.write_all(&u32::MAX.to_be_bytes()).await.expect("write");
         a.write_all(&[0; 4]).await.expect("write");
         let r: Result<Request, _> = read_frame(&mut b).await;
-        assert!(matches!(r, Err(ControlError::TooLong(u32::MAX))));
+        assert!(matches!(r, Err(ControlError::TooLong(l)) if l == u32::MAX as usize));
     }
 
     #[tokio::test]

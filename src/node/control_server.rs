@@ -1,11 +1,12 @@
 //! The member's side of the control channel: authenticate the client with
 //! the recovery domain's secret, read its one request, answer it.
 //!
-//! `Status` and `Verify` get one frame; `Events` gets the current state as
-//! event lines, then every change until the client hangs up.
+//! `Status` and `Verify` get one frame; `VerifyStreamed` progress frames then
+//! the answer; `Events` the current state as event lines, then every change
+//! until the client hangs up.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -18,7 +19,10 @@ use crate::replication::CopyLink;
 
 use super::control::{self, Request};
 use super::report::{self, LocalView};
-use super::verify::{verify_links, VerifyReply};
+use super::verify::{
+    verify_links, verify_links_with_progress, ProgressPacer, VerifyFrame, VerifyProgress,
+    VerifyReply,
+};
 
 /// Most control connections served at once (events subscriptions included;
 /// the bus itself allows fewer subscribers). Past it a connection is closed.
@@ -104,26 +108,84 @@ async fn answer(ctx: &ControlContext, req: Request, mut s: TcpStream) -> anyhow:
             serve_events(s, &initial, rx).await?;
         }
         Request::Verify => {
-            let links = ctx.links.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let me = ctx.member_name();
-            let reply = if ctx
-                .report()
-                .resources
-                .first()
-                .and_then(|r| r.host.as_deref())
-                != Some(me.as_str())
-            {
-                VerifyReply {
-                    member: me,
-                    error: Some("this member is not the production host".into()),
-                    copies: Vec::new(),
+            let reply = match not_production(ctx, &me) {
+                Some(refusal) => refusal,
+                None => {
+                    let links = ctx.links.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    let _one = ctx.verifying.lock().await;
+                    verify_links(&me, &links).await
                 }
-            } else {
-                let _one = ctx.verifying.lock().await;
-                verify_links(&me, &links).await
             };
             control::write_frame(&mut s, &reply).await?;
         }
+        Request::VerifyStreamed => verify_streamed(ctx, &mut s).await?,
     }
     Ok(())
+}
+
+/// The refusal a member that does not host the production disk answers.
+fn not_production(ctx: &ControlContext, me: &str) -> Option<VerifyReply> {
+    let report = ctx.report();
+    let host = report.resources.first().and_then(|r| r.host.as_deref());
+    (host != Some(me)).then(|| VerifyReply {
+        member: me.to_owned(),
+        error: Some("this member is not the production host".into()),
+        copies: Vec::new(),
+    })
+}
+
+/// Runs the verify on this task and sends its progress between batches.
+/// The latest progress waits in a `watch` (one value, however fast the
+/// batches go), so the stream is bounded by the pacing, not by the disk. If
+/// the client hangs up, a write fails and the verify is dropped with it.
+async fn verify_streamed(ctx: &ControlContext, s: &mut TcpStream) -> anyhow::Result<()> {
+    let me = ctx.member_name();
+    if let Some(refusal) = not_production(ctx, &me) {
+        control::write_frame(s, &VerifyFrame::Done(refusal)).await?;
+        return Ok(());
+    }
+    let links = ctx.links.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let (tx, mut rx) = watch::channel(VerifyProgress::default());
+    let work = async {
+        // Waiting here for another verify still sends heartbeats.
+        let _one = ctx.verifying.lock().await;
+        verify_links_with_progress(&me, &links, |p| {
+            tx.send_replace(p.clone());
+        })
+        .await
+    };
+    tokio::pin!(work);
+    let heartbeat = Duration::from_millis(control::PROGRESS_HEARTBEAT_MS);
+    let mut beats = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    let mut pacer = ProgressPacer::new(Duration::from_millis(control::PROGRESS_INTERVAL_MS));
+    let mut sent = VerifyProgress::default();
+    loop {
+        tokio::select! {
+            biased;
+            reply = &mut work => {
+                // The last progress (100% when every copy was up) is not
+                // left unsaid, whatever the pacing held back.
+                let last = rx.borrow().clone();
+                if last != sent {
+                    control::write_frame(s, &VerifyFrame::Progress(last)).await?;
+                }
+                control::write_frame(s, &VerifyFrame::Done(reply)).await?;
+                return Ok(());
+            }
+            Ok(()) = rx.changed() => {
+                let p = rx.borrow_and_update().clone();
+                if pacer.due(&p, Instant::now()) {
+                    control::write_frame(s, &VerifyFrame::Progress(p.clone())).await?;
+                    sent = p;
+                    beats.reset();
+                }
+            }
+            _ = beats.tick() => {
+                let p = rx.borrow().clone();
+                control::write_frame(s, &VerifyFrame::Progress(p.clone())).await?;
+                sent = p;
+            }
+        }
+    }
 }

@@ -1,10 +1,14 @@
 //! Progress of long work (resync, verify): an indicatif bar with bytes, rate
-//! and ETA on a terminal; elsewhere a log line at most every few seconds.
+//! and ETA on a terminal; elsewhere a log line every few seconds and at each
+//! tenth of the work.
 //!
-//! Rate and ETA come from [`estimate`], a pure function of the counts and
-//! the elapsed time, so the arithmetic is tested without a clock.
+//! Rate, ETA and the pacing of lines live in `lines` as pure functions of
+//! the counts and a given clock, so they are tested without one.
 
-use crate::units::format_size;
+mod lines;
+
+pub use lines::{estimate, format_line, Estimate, LogProgress};
+
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::sync::{Mutex, PoisonError};
@@ -12,115 +16,6 @@ use std::time::{Duration, Instant};
 
 /// Least time between two log lines when stderr is not a terminal.
 pub const LOG_INTERVAL_MS: u64 = 5000;
-
-/// Where long work stands.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Estimate {
-    /// Bytes done so far (at most the total).
-    pub done_bytes: u64,
-    /// Bytes to do in all.
-    pub total_bytes: u64,
-    /// 0 to 100; 100 for empty work.
-    pub percent: f64,
-    /// Mean rate since the start; 0 before any time has passed.
-    pub rate_bytes_per_s: f64,
-    /// Time left at that rate; `None` while the rate is 0 and work remains.
-    pub eta: Option<Duration>,
-}
-
-/// Percent, mean rate and time left after `done` of `total` bytes in `elapsed`.
-/// The mean since the start is steadier than a recent window for a resync,
-/// whose rate is bounded by the link and the disks rather than bursts.
-pub fn estimate(done_bytes: u64, total_bytes: u64, elapsed: Duration) -> Estimate {
-    let done = done_bytes.min(total_bytes);
-    let percent = if total_bytes == 0 {
-        100.0
-    } else {
-        100.0 * done as f64 / total_bytes as f64
-    };
-    let secs = elapsed.as_secs_f64();
-    let rate = if secs > 0.0 { done as f64 / secs } else { 0.0 };
-    let left = total_bytes - done;
-    let eta = if left == 0 {
-        Some(Duration::ZERO)
-    } else if rate > 0.0 {
-        Duration::try_from_secs_f64(left as f64 / rate).ok()
-    } else {
-        None
-    };
-    Estimate {
-        done_bytes: done,
-        total_bytes,
-        percent,
-        rate_bytes_per_s: rate,
-        eta,
-    }
-}
-
-/// `resync payroll-dr: 42.0% (420.0 MiB of 1000.0 MiB) at 100.0 MiB/s, eta 6s`
-pub fn format_line(what: &str, e: &Estimate) -> String {
-    let eta = match e.eta {
-        Some(d) => format!("eta {}s", d.as_secs_f64().ceil() as u64),
-        None => "eta unknown".to_owned(),
-    };
-    format!(
-        "{what}: {:.1}% ({} of {}) at {}/s, {eta}",
-        e.percent,
-        format_size(e.done_bytes),
-        format_size(e.total_bytes),
-        format_size(e.rate_bytes_per_s as u64)
-    )
-}
-
-/// Throttled progress lines, driven by the caller's clock.
-#[derive(Debug)]
-pub struct LogProgress {
-    what: String,
-    total_bytes: u64,
-    done_bytes: u64,
-    start: Instant,
-    last_line: Instant,
-    interval: Duration,
-}
-
-impl LogProgress {
-    /// Work of `total_bytes` called `what`, started at `start`.
-    pub fn new(total_bytes: u64, what: &str, start: Instant, interval: Duration) -> LogProgress {
-        LogProgress {
-            what: what.to_owned(),
-            total_bytes,
-            done_bytes: 0,
-            start,
-            last_line: start,
-            interval,
-        }
-    }
-
-    /// Adds `bytes` done at `now`; returns a line when `interval` has passed
-    /// since the last one.
-    pub fn inc_at(&mut self, bytes: u64, now: Instant) -> Option<String> {
-        self.done_bytes = self.done_bytes.saturating_add(bytes);
-        if now.saturating_duration_since(self.last_line) < self.interval {
-            return None;
-        }
-        self.last_line = now;
-        Some(self.line(now))
-    }
-
-    /// The closing line at `now`.
-    pub fn finish_at(&mut self, now: Instant) -> String {
-        format!(
-            "{} (done in {:.1}s)",
-            self.line(now),
-            (now - self.start).as_secs_f64()
-        )
-    }
-
-    fn line(&self, now: Instant) -> String {
-        let e = estimate(self.done_bytes, self.total_bytes, now - self.start);
-        format_line(&self.what, &e)
-    }
-}
 
 /// A progress reporter for one piece of long work. Shareable between the
 /// tasks doing it (`&self` everywhere).
@@ -158,11 +53,37 @@ impl Progress {
         }
     }
 
-    /// Log lines (tracing, level info) at most every `interval`, and one at the end.
+    /// Log lines (tracing, level info) at most every `interval` or each
+    /// tenth, and one at the end.
     pub fn log(total_bytes: u64, what: &str, interval: Duration) -> Progress {
-        let log = LogProgress::new(total_bytes, what, Instant::now(), interval);
+        Progress::log_since(total_bytes, what, Instant::now(), interval)
+    }
+
+    fn log_since(total_bytes: u64, what: &str, start: Instant, interval: Duration) -> Progress {
+        let log = LogProgress::new(total_bytes, what, start, interval);
         Progress {
             sink: Sink::Log(Mutex::new(log)),
+        }
+    }
+
+    /// As [`Progress::new`], for work that began at `start`, before its
+    /// total was known: the elapsed time, and the mean rate of the log
+    /// lines, count from then.
+    pub fn started_at(total_bytes: u64, what: &str, start: Instant) -> Progress {
+        if std::io::stderr().is_terminal() {
+            let p = Progress::bar(total_bytes, what);
+            if let Sink::Bar(bar) = &p.sink {
+                // The bar's state is shared: this moves its start back.
+                let _ = bar.clone().with_elapsed(start.elapsed());
+            }
+            p
+        } else {
+            Progress::log_since(
+                total_bytes,
+                what,
+                start,
+                Duration::from_millis(LOG_INTERVAL_MS),
+            )
         }
     }
 
@@ -176,6 +97,37 @@ impl Progress {
                     tracing::info!("{line}");
                 }
             }
+        }
+    }
+
+    /// `done_bytes` are done in all (for work that reports where it stands
+    /// rather than what it added).
+    pub fn set(&self, done_bytes: u64) {
+        match &self.sink {
+            Sink::Bar(bar) => bar.set_position(done_bytes),
+            Sink::Log(log) => {
+                let line = lock(log).set_at(done_bytes, Instant::now());
+                if let Some(line) = line {
+                    tracing::info!("{line}");
+                }
+            }
+        }
+    }
+
+    /// The work turned out to be `total_bytes` in all (a resync that
+    /// restarted, a total learnt late).
+    pub fn set_total(&self, total_bytes: u64) {
+        match &self.sink {
+            Sink::Bar(bar) => bar.set_length(total_bytes),
+            Sink::Log(log) => lock(log).set_total(total_bytes),
+        }
+    }
+
+    /// Names the work anew.
+    pub fn set_what(&self, what: &str) {
+        match &self.sink {
+            Sink::Bar(bar) => bar.set_message(what.to_owned()),
+            Sink::Log(log) => lock(log).set_what(what),
         }
     }
 
@@ -200,40 +152,6 @@ mod tests {
     use super::*;
 
     const MIB: u64 = 1 << 20;
-
-    #[test]
-    fn rate_and_eta_follow_the_mean_since_the_start() {
-        let e = estimate(400 * MIB, 1000 * MIB, Duration::from_secs(4));
-        assert_eq!(e.percent, 40.0);
-        assert_eq!(e.rate_bytes_per_s, (100 * MIB) as f64);
-        assert_eq!(e.eta, Some(Duration::from_secs(6)));
-    }
-
-    #[test]
-    fn no_time_or_no_progress_means_no_eta() {
-        assert_eq!(estimate(0, MIB, Duration::from_secs(3)).eta, None);
-        let e = estimate(10, MIB, Duration::ZERO);
-        assert_eq!((e.rate_bytes_per_s, e.eta), (0.0, None));
-    }
-
-    #[test]
-    fn finished_or_empty_work_is_complete_and_overshoot_is_clamped() {
-        let empty = estimate(0, 0, Duration::ZERO);
-        assert_eq!((empty.percent, empty.eta), (100.0, Some(Duration::ZERO)));
-        let over = estimate(2 * MIB, MIB, Duration::from_secs(1));
-        assert_eq!((over.done_bytes, over.percent), (MIB, 100.0));
-        assert_eq!(over.eta, Some(Duration::ZERO));
-    }
-
-    #[test]
-    fn line_shows_percent_sizes_rate_and_eta() {
-        let e = estimate(400 * MIB, 1000 * MIB, Duration::from_secs(4));
-        let line = format_line("resync payroll-dr", &e);
-        assert!(line.starts_with("resync payroll-dr: 40.0% ("), "{line}");
-        assert!(line.ends_with("/s, eta 6s"), "{line}");
-        let stalled = format_line("verify", &estimate(0, MIB, Duration::from_secs(1)));
-        assert!(stalled.ends_with("eta unknown"), "{stalled}");
-    }
 
     /// A tracing writer that keeps what it is given.
     #[derive(Clone, Default)]
@@ -282,22 +200,5 @@ mod tests {
             !text.contains('\x1b'),
             "no terminal codes off a terminal: {text}"
         );
-    }
-
-    #[test]
-    fn log_lines_come_at_most_once_per_interval() {
-        let t0 = Instant::now();
-        let s = Duration::from_secs(1);
-        let mut p = LogProgress::new(10 * MIB, "resync", t0, 5 * s);
-        assert_eq!(p.inc_at(MIB, t0 + s), None);
-        assert_eq!(p.inc_at(MIB, t0 + 4 * s), None);
-        let line = p.inc_at(MIB, t0 + 5 * s).expect("interval passed");
-        assert!(line.starts_with("resync: 30.0%"), "{line}");
-        assert_eq!(p.inc_at(MIB, t0 + 9 * s), None);
-        assert!(p.inc_at(MIB, t0 + 10 * s).is_some());
-        p.inc_at(5 * MIB, t0 + 11 * s);
-        let last = p.finish_at(t0 + 12 * s);
-        assert!(last.starts_with("resync: 100.0%"), "{last}");
-        assert!(last.ends_with("(done in 12.0s)"), "{last}");
     }
 }
