@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use super::error::ReplicationError;
 use super::link::{CopyLink, Op, SessionTx};
+use super::resync_alloc;
 use super::wire::{PAYLOAD_BYTES_MAX, SUMS_COUNT_MAX};
 use crate::storage::{self, IoBuf, Reply, Request};
 
@@ -37,6 +38,9 @@ pub(crate) async fn run(
     sess: &Arc<SessionTx>,
 ) -> Result<(), ReplicationError> {
     let todo = link.lock().pending_resync.clone();
+    if !todo.is_empty() {
+        resync_alloc::keep_large_buffers();
+    }
     if link.cfg.checksum_resync {
         for (first, n) in todo.runs(run_chunks(link.chunk_bytes())) {
             compare_and_send(link, sess, first, n).await?;
