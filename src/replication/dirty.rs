@@ -227,6 +227,10 @@ mod tests {
         let covered: u64 = runs.iter().map(|r| r.1).sum();
         assert_eq!(covered, s.len(), "every chunk in exactly one run");
         assert_eq!(ChunkSet::new(10).runs(4).count(), 0);
-        assert_eq!(s.runs(0).count() as u64, s.len(), "a zero bound means one chunk");
+        assert_eq!(
+            s.runs(0).count() as u64,
+            s.len(),
+            "a zero bound means one chunk"
+        );
     }
 }

@@ -17,8 +17,8 @@ use std::ops::RangeInclusive;
 use std::sync::Arc;
 
 use super::error::ReplicationError;
+use super::large_buffers;
 use super::link::{CopyLink, Op, SessionTx};
-use super::resync_alloc;
 use super::wire::{PAYLOAD_BYTES_MAX, SUMS_COUNT_MAX};
 use crate::storage::{self, IoBuf, Reply, Request};
 
@@ -39,7 +39,7 @@ pub(crate) async fn run(
 ) -> Result<(), ReplicationError> {
     let todo = link.lock().pending_resync.clone();
     if !todo.is_empty() {
-        resync_alloc::keep_large_buffers();
+        large_buffers::keep_in_heap();
     }
     if link.cfg.checksum_resync {
         for (first, n) in todo.runs(run_chunks(link.chunk_bytes())) {
@@ -152,7 +152,9 @@ pub(crate) fn is_zero(data: &[u8]) -> bool {
         unsafe { data.align_to::<u64>() }
     };
     head.iter().all(|&b| b == 0)
-        && words.chunks(64).all(|w| w.iter().fold(0, |a, &x| a | x) == 0)
+        && words
+            .chunks(64)
+            .all(|w| w.iter().fold(0, |a, &x| a | x) == 0)
         && tail.iter().all(|&b| b == 0)
 }
 
@@ -272,7 +274,10 @@ mod tests {
 
     #[test]
     fn resync_requests_fit_a_frame() {
-        assert_eq!(request_chunks(64 << 10) * (64 << 10), RESYNC_REQUEST_BYTES_MAX);
+        assert_eq!(
+            request_chunks(64 << 10) * (64 << 10),
+            RESYNC_REQUEST_BYTES_MAX
+        );
         assert_eq!(request_chunks(8 << 20), 1, "an oversize chunk is one run");
         assert!(RESYNC_REQUEST_BYTES_MAX as usize <= PAYLOAD_BYTES_MAX);
     }

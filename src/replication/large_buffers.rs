@@ -2,7 +2,8 @@
 //! request, so a full sync does not page-fault its buffers in again.
 //!
 //! Every resync request reads into a fresh 4 MiB `IoBuf` (allocated by the
-//! storage engine) and frees it once the copy acknowledges it. With glibc's
+//! storage engine) and frees it once the copy acknowledges it; the copy
+//! receives each one into a fresh buffer freed after its write. With glibc's
 //! defaults such a buffer is an mmap, or sits at the top of an arena that is
 //! trimmed when it is freed, so each request paid ~1,000 page faults and
 //! the kernel's page clearing (a third of the production host's CPU in a
@@ -16,7 +17,7 @@ const MMAP_THRESHOLD_BYTES: i32 = 32 << 20;
 const TRIM_THRESHOLD_BYTES: i32 = 256 << 20;
 
 /// Apply the thresholds once per process (later calls do nothing).
-pub(crate) fn keep_large_buffers() {
+pub(crate) fn keep_in_heap() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         #[cfg(target_env = "gnu")]
