@@ -104,7 +104,7 @@ for x in r["resources"]:
     secs=b/rate if rate>0 else float("nan")
     print(f"{t}: full sync of {x['id']}: {b} B of random data in {secs:.3f} s = "
           f"{rate/1e6:.0f} MB/s (resync start to UpToDate, production counters; "
-          f"{wall} s wall from members up incl. start-up)")
+          f"{wall} s wall after the members started, incl. joining)")
 PY
 }
 stop_group() {
