@@ -84,6 +84,22 @@ impl ChunkSet {
             })
         })
     }
+
+    /// Runs of adjacent chunks in increasing order, as `(first, count)`,
+    /// each at most `max` long (a longer stretch is cut into several).
+    pub fn runs(&self, max: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let max = max.max(1);
+        let mut chunks = self.iter().peekable();
+        std::iter::from_fn(move || {
+            let first = chunks.next()?;
+            let mut n = 1;
+            while n < max && chunks.peek() == Some(&(first + n)) {
+                chunks.next();
+                n += 1;
+            }
+            Some((first, n))
+        })
+    }
 }
 
 /// The durable dirty bitmap of one copy, in chunks of [`DirtyLog::chunk_bytes`].
@@ -195,5 +211,26 @@ mod tests {
         assert_eq!(d, vec![0, 1]);
         log.clear(65536, 1).expect("memory log clears");
         assert_eq!(log.dirty_chunks().iter().collect::<Vec<_>>(), vec![0]);
+    }
+
+    #[test]
+    fn runs_join_adjacent_chunks_and_cut_at_the_bound() {
+        let mut s = ChunkSet::new(1000);
+        for c in (0..10).chain([63, 64, 65]).chain(100..200).chain([999]) {
+            s.insert(c);
+        }
+        let runs: Vec<_> = s.runs(40).collect();
+        assert_eq!(
+            runs,
+            vec![(0, 10), (63, 3), (100, 40), (140, 40), (180, 20), (999, 1)]
+        );
+        let covered: u64 = runs.iter().map(|r| r.1).sum();
+        assert_eq!(covered, s.len(), "every chunk in exactly one run");
+        assert_eq!(ChunkSet::new(10).runs(4).count(), 0);
+        assert_eq!(
+            s.runs(0).count() as u64,
+            s.len(),
+            "a zero bound means one chunk"
+        );
     }
 }

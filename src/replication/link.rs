@@ -85,8 +85,8 @@ pub(crate) struct Item {
     pub op: Op,
     /// Chunks counted in flight for this request.
     pub chunks: Option<RangeInclusive<u64>>,
-    /// The resync chunk this request carries.
-    pub resync_chunk: Option<u64>,
+    /// The resync chunks this request carries (a run of adjacent chunks).
+    pub resync_chunks: Option<RangeInclusive<u64>>,
     pub reply: Option<oneshot::Sender<ItemReply>>,
     pub page_bytes: u64,
     pub enqueued: Instant,
@@ -107,6 +107,8 @@ pub(crate) struct Inner {
     pub pending_resync: ChunkSet,
     pub resync_bytes_total: u64,
     pub resync_started: Option<Instant>,
+    /// When the resync that began at `resync_started` left the copy UpToDate.
+    pub resync_finished: Option<Instant>,
     pub last_error: Option<String>,
     /// Enqueue time of the oldest request sent and not acknowledged.
     pub oldest_unacked: Option<Instant>,
@@ -149,6 +151,7 @@ impl CopyLink {
                 pending_resync: ChunkSet::new(chunks),
                 resync_bytes_total: 0,
                 resync_started: None,
+                resync_finished: None,
                 last_error: None,
                 oldest_unacked: None,
             }),
@@ -231,7 +234,7 @@ impl CopyLink {
         session: &SessionTx,
         op: Op,
         chunks: Option<RangeInclusive<u64>>,
-        resync_chunk: Option<u64>,
+        resync_chunks: Option<RangeInclusive<u64>>,
         permit: OwnedSemaphorePermit,
     ) -> oneshot::Receiver<ItemReply> {
         let (tx, rx) = oneshot::channel();
@@ -239,7 +242,7 @@ impl CopyLink {
             page_bytes: op.page_bytes(),
             op,
             chunks,
-            resync_chunk,
+            resync_chunks,
             reply: Some(tx),
             enqueued: Instant::now(),
             _permit: Some(permit),
@@ -268,7 +271,7 @@ impl CopyLink {
         {
             let mut g = self.lock();
             if acked {
-                if let Some(c) = item.resync_chunk {
+                for c in item.resync_chunks.clone().into_iter().flatten() {
                     g.pending_resync.remove(c);
                 }
             }
@@ -299,10 +302,15 @@ impl CopyLink {
             self.counters
                 .bytes_acked
                 .fetch_add(item.page_bytes, Ordering::Relaxed);
-            if item.resync_chunk.is_some() {
+            if item.resync_chunks.is_some() {
+                // A run of zeroes travels as a range, without pages.
+                let bytes = match &item.op {
+                    Op::Zero { len, .. } => *len,
+                    _ => item.page_bytes,
+                };
                 self.counters
                     .resynced_bytes
-                    .fetch_add(item.page_bytes, Ordering::Relaxed);
+                    .fetch_add(bytes, Ordering::Relaxed);
             }
         }
         if let Some(r) = item.reply.take() {
@@ -326,19 +334,46 @@ impl CopyLink {
         self.progress.notify_waiters();
     }
 
-    /// Count a resync chunk in flight on `session`, unless it is gone.
+    /// Count a run of resync chunks in flight on `session`, unless it is gone.
     pub(crate) fn prepare_resync(
         &self,
-        c: u64,
+        chunks: RangeInclusive<u64>,
         session: &Arc<SessionTx>,
     ) -> Result<(), ReplicationError> {
         let mut g = self.lock();
         match &g.session {
             Some(s) if Arc::ptr_eq(s, session) => {
-                *g.inflight.entry(c).or_insert(0) += 1;
+                for c in chunks {
+                    *g.inflight.entry(c).or_insert(0) += 1;
+                }
                 Ok(())
             }
             _ => Err(ReplicationError::LinkDown),
+        }
+    }
+
+    /// The resync on `session` is complete and the copy adopted our
+    /// generation: it is UpToDate from now on (while the session lasts).
+    pub(crate) fn resync_done(&self, session: &Arc<SessionTx>) {
+        let mut g = self.lock();
+        if !g.session.as_ref().is_some_and(|s| Arc::ptr_eq(s, session)) {
+            return;
+        }
+        g.state = LinkState::UpToDate;
+        let now = Instant::now();
+        if let Some(started) = g.resync_started {
+            g.resync_finished = Some(now);
+            let secs = now.duration_since(started).as_secs_f64();
+            let bytes = self.counters.resynced_bytes.load(Ordering::Relaxed);
+            tracing::info!(
+                copy = %self.cfg.name,
+                resynced_bytes = bytes,
+                secs = format!("{secs:.3}"),
+                rate_mb_per_s = format!("{:.0}", bytes as f64 / secs.max(1e-6) / 1e6),
+                "copy up to date"
+            );
+        } else {
+            tracing::info!(copy = %self.cfg.name, "copy up to date");
         }
     }
 

@@ -37,6 +37,7 @@ pub mod dirty;
 pub mod error;
 mod framed;
 pub mod generation;
+mod large_buffers;
 mod link;
 mod mirror;
 mod op;

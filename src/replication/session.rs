@@ -238,13 +238,7 @@ async fn resync_then_idle(
         .await
         .await
         .map_err(|_| ReplicationError::LinkDown)??;
-    {
-        let mut g = link.lock();
-        if g.session.as_ref().is_some_and(|s| Arc::ptr_eq(s, sess)) {
-            g.state = LinkState::UpToDate;
-        }
-    }
-    tracing::info!(copy = %link.cfg.name, "copy up to date");
+    link.resync_done(sess);
     std::future::pending().await
 }
 

@@ -38,8 +38,14 @@ impl CopyLink {
         let g = self.lock();
         let resynced = self.counters.resynced_bytes.load(Ordering::Relaxed);
         let to_go = g.pending_resync.len() * cb;
+        // A finished resync keeps the rate it had from its start to
+        // UpToDate; a running one is measured up to now.
         let rate = match g.resync_started {
-            Some(t) => resynced as f64 / t.elapsed().as_secs_f64().max(1e-3),
+            Some(t) => {
+                let end = g.resync_finished.filter(|f| *f >= t);
+                let secs = end.map_or_else(|| t.elapsed(), |f| f - t).as_secs_f64();
+                resynced as f64 / secs.max(1e-3)
+            }
             None => 0.0,
         };
         CopyStats {

@@ -7,5 +7,6 @@ mod common;
 
 mod bursts;
 mod faults;
+mod full_sync;
 mod harness;
 mod outage;
