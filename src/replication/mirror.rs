@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use super::dirty::{chunk_span, DirtyLog};
 use super::error::ReplicationError;
 use super::generation::Generations;
-use super::link::{CopyConfig, CopyLink, ItemReply, Op};
+use super::link::{CopyConfig, CopyLink, ItemReply, Op, PageLease};
 use super::order::{OverlapGate, Ticket};
 use super::primary::{Mode, Primary};
 use super::session::run_link;
@@ -169,31 +169,49 @@ async fn replicate(
     }
     let mut acks: Vec<oneshot::Receiver<ItemReply>> = Vec::new();
     let mut failed = None;
-    match &req {
+    let req = match req {
         // An empty write changes nothing and is not replicated.
-        Request::Write { data, fua, .. } if !links.is_empty() && !data.is_empty() => {
-            // The local engine takes the buffer; the links share a copy,
-            // cut into frames of at most PAYLOAD_BYTES_MAX.
-            let shared = Arc::new(IoBuf::from_slice(data));
+        Request::Write { offset, data, fua } if !links.is_empty() && !data.is_empty() => {
+            // Sync mode lends the request's own buffer to the links and
+            // takes it back for the local write once every link has it in
+            // its socket: no page copy, and the delay is hidden behind the
+            // copy's round trip, which the answer waits for anyway. Async
+            // mode must not hold the local write behind a lagging link, so
+            // the links get a copy there.
+            let (page, local) = match primary.mode {
+                Mode::Sync => (Arc::new(data), None),
+                Mode::Async => (Arc::new(IoBuf::from_slice(&data)), Some(data)),
+            };
+            let mut released = Vec::new();
             let mut start = 0usize;
-            while start < shared.len() {
-                let n = PAYLOAD_BYTES_MAX.min(shared.len() - start);
+            while start < page.len() {
+                let n = PAYLOAD_BYTES_MAX.min(page.len() - start);
                 // Computed once, before sending; every copy checks it.
-                let crc = crc32fast::hash(&shared[start..start + n]);
+                let crc = crc32fast::hash(&page[start..start + n]);
                 let at = offset + start as u64;
                 for link in links {
                     let op = Op::Write {
                         offset: at,
-                        data: shared.clone(),
+                        data: page.clone(),
                         start,
                         len: n,
                         crc,
-                        fua: *fua,
+                        fua,
                     };
-                    send(link, at, n as u64, op, &mut acks, &mut failed).await;
+                    let lease = local.is_none().then(|| {
+                        let (lease, back) = oneshot::channel();
+                        released.push(back);
+                        lease
+                    });
+                    send(link, at, n as u64, op, lease, &mut acks, &mut failed).await;
                 }
                 start += n;
             }
+            let data = match local {
+                Some(data) => data,
+                None => take_back(page, released).await,
+            };
+            Request::Write { offset, data, fua }
         }
         Request::Trim { .. } | Request::WriteZeroes { .. } => {
             let (trim, punch) = match &req {
@@ -207,11 +225,12 @@ async fn replicate(
                     trim,
                     punch,
                 };
-                send(link, offset, len, op, &mut acks, &mut failed).await;
+                send(link, offset, len, op, None, &mut acks, &mut failed).await;
             }
+            req
         }
-        _ => {}
-    }
+        req => req,
+    };
     if let Some(e) = failed {
         // Only a log failing between two marks of the same range gets here.
         drop(ticket);
@@ -247,6 +266,7 @@ async fn send(
     offset: u64,
     len: u64,
     op: Op,
+    lease: Option<PageLease>,
     acks: &mut Vec<oneshot::Receiver<ItemReply>>,
     failed: &mut Option<ReplicationError>,
 ) {
@@ -254,11 +274,34 @@ async fn send(
     match link.prepare(offset, len) {
         Ok(Some(sess)) => {
             let chunks = chunk_span(offset, len, link.chunk_bytes());
-            acks.push(link.send(&sess, op, Some(chunks), None, permit));
+            acks.push(link.send_leased(&sess, op, Some(chunks), None, permit, lease));
         }
-        Ok(None) => {}
-        Err(e) => *failed = Some(e),
+        Ok(None) => release(op, lease),
+        Err(e) => {
+            release(op, lease);
+            *failed = Some(e);
+        }
     }
+}
+
+/// An unsent request lets go of its page before its lease.
+fn release(op: Op, lease: Option<PageLease>) {
+    drop(op);
+    drop(lease);
+}
+
+/// The buffer lent to the links, once each has dropped its lease (a link
+/// lets go of the page before its lease, so the last reference is ours).
+async fn take_back(page: Arc<IoBuf>, released: Vec<oneshot::Receiver<()>>) -> IoBuf {
+    for r in released {
+        // Never sent: the lease is only dropped, so this is always Err.
+        let _ = r.await;
+    }
+    Arc::try_unwrap(page).unwrap_or_else(|shared| {
+        // Not expected; copying is correct, only slower.
+        tracing::debug!("lent page still shared; copying it");
+        IoBuf::from_slice(&shared)
+    })
 }
 
 async fn flush(primary: &Primary, links: &[Arc<CopyLink>]) -> Result<Reply, StorageError> {

@@ -44,6 +44,7 @@ pub mod order;
 mod primary;
 pub mod receiver;
 mod resync;
+mod sender;
 mod session;
 mod stats;
 pub mod verify;
