@@ -12,6 +12,7 @@ use super::dirty::{chunk_span, DirtyLog};
 use super::error::ReplicationError;
 use super::generation::Generations;
 use super::link::{CopyConfig, CopyLink, ItemReply, Op, PageLease};
+use super::mark_hint::MarkHint;
 use super::order::{OverlapGate, Ticket};
 use super::primary::{Mode, Primary};
 use super::session::run_link;
@@ -41,6 +42,8 @@ impl MirroredVolume {
     pub fn new(local: Arc<dyn BlockDevice>, cfg: VolumeConfig) -> Arc<MirroredVolume> {
         Arc::new(MirroredVolume {
             primary: Arc::new(Primary {
+                mark_hint: MarkHint::new(local.size()),
+                page_bytes_copied: AtomicU64::new(0),
                 local,
                 gate: OverlapGate::new(),
                 epoch: AtomicU64::new(cfg.epoch),
@@ -97,6 +100,12 @@ impl MirroredVolume {
 
     pub fn mode(&self) -> Mode {
         self.primary.mode
+    }
+
+    /// Page bytes copied so that the links could send them: zero in sync
+    /// mode, where the links borrow the request's own buffer.
+    pub fn page_bytes_copied(&self) -> u64 {
+        self.primary.page_bytes_copied.load(Ordering::Relaxed)
     }
 }
 
@@ -160,11 +169,9 @@ async fn replicate(
     ticket.ready().await;
     // Mark the range in every copy's log before anything is sent, so a log
     // that cannot record it fails the write before any copy has it.
-    if !matches!(&req, Request::Write { data, .. } if data.is_empty()) {
-        for link in links {
-            if let Err(e) = link.mark(offset, len) {
-                return Err(refused(offset, e));
-            }
+    if !links.is_empty() && !matches!(&req, Request::Write { data, .. } if data.is_empty()) {
+        if let Err(e) = mark_all(primary, links, offset, len).await {
+            return Err(refused(offset, e));
         }
     }
     let mut acks: Vec<oneshot::Receiver<ItemReply>> = Vec::new();
@@ -180,7 +187,11 @@ async fn replicate(
             // the links get a copy there.
             let (page, local) = match primary.mode {
                 Mode::Sync => (Arc::new(data), None),
-                Mode::Async => (Arc::new(IoBuf::from_slice(&data)), Some(data)),
+                Mode::Async => {
+                    let n = data.len() as u64;
+                    primary.page_bytes_copied.fetch_add(n, Ordering::Relaxed);
+                    (Arc::new(IoBuf::from_slice(&data)), Some(data))
+                }
             };
             let mut released = Vec::new();
             let mut start = 0usize;
@@ -209,7 +220,7 @@ async fn replicate(
             }
             let data = match local {
                 Some(data) => data,
-                None => take_back(page, released).await,
+                None => take_back(primary, page, released).await,
             };
             Request::Write { offset, data, fua }
         }
@@ -246,6 +257,24 @@ async fn replicate(
         }
     }
     local
+}
+
+/// Mark the range in every link's log: inline when the region was marked
+/// lately (no disk I/O expected), else on the blocking pool, so a bitmap
+/// fdatasync does not stall a runtime worker.
+async fn mark_all(
+    primary: &Primary,
+    links: &[Arc<CopyLink>],
+    offset: u64,
+    len: u64,
+) -> Result<(), ReplicationError> {
+    if primary.mark_hint.recently_marked(offset, len) {
+        return links.iter().try_for_each(|l| l.mark(offset, len));
+    }
+    let links = links.to_vec();
+    tokio::task::spawn_blocking(move || links.iter().try_for_each(|l| l.mark(offset, len)))
+        .await
+        .map_err(|e| ReplicationError::DirtyLog(std::io::Error::other(e.to_string())))?
 }
 
 /// A write refused because a dirty log could not record it: refusing is
@@ -292,7 +321,11 @@ fn release(op: Op, lease: Option<PageLease>) {
 
 /// The buffer lent to the links, once each has dropped its lease (a link
 /// lets go of the page before its lease, so the last reference is ours).
-async fn take_back(page: Arc<IoBuf>, released: Vec<oneshot::Receiver<()>>) -> IoBuf {
+async fn take_back(
+    primary: &Primary,
+    page: Arc<IoBuf>,
+    released: Vec<oneshot::Receiver<()>>,
+) -> IoBuf {
     for r in released {
         // Never sent: the lease is only dropped, so this is always Err.
         let _ = r.await;
@@ -300,6 +333,8 @@ async fn take_back(page: Arc<IoBuf>, released: Vec<oneshot::Receiver<()>>) -> Io
     Arc::try_unwrap(page).unwrap_or_else(|shared| {
         // Not expected; copying is correct, only slower.
         tracing::debug!("lent page still shared; copying it");
+        let n = shared.len() as u64;
+        primary.page_bytes_copied.fetch_add(n, Ordering::Relaxed);
         IoBuf::from_slice(&shared)
     })
 }

@@ -38,6 +38,7 @@ pub mod error;
 mod framed;
 pub mod generation;
 mod link;
+mod mark_hint;
 mod mirror;
 mod op;
 pub mod order;

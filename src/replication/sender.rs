@@ -2,11 +2,12 @@
 //! numbers in queue order and go out in batches, header and page side by
 //! side in one `writev`, so no page is copied on its way to the socket.
 //!
-//! Whoever queues onto an idle session writes the batch itself, without
-//! waiting (a QD1 write reaches the wire with no task switch, and a lent
-//! page is handed back before its owner yields). A batch the socket takes
-//! only in part is parked and finished by the session's writer task,
-//! which then drains the queue; while anyone writes, others only queue.
+//! Whoever queues onto an idle session with nothing in flight writes the
+//! frame itself, without waiting (a QD1 write reaches the wire with no task
+//! switch, and a lent page is handed back before its owner yields). With
+//! requests in flight the session's writer task sends instead, gathering
+//! what queued meanwhile into one batch; it also finishes a batch the
+//! socket took only in part. While anyone writes, the others only queue.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, IoSlice};
@@ -46,6 +47,8 @@ struct TxState {
     /// Someone is writing (a submitter or the writer task); the others
     /// only queue, so frames never interleave on the wire.
     busy: bool,
+    /// `busy` was handed to the writer task: only then may it write.
+    writer_owns: bool,
     /// A batch the socket took only part of, for the writer task.
     parked: Option<Batch>,
     /// A submitter's write failed; the writer task ends the session.
@@ -81,6 +84,7 @@ impl SessionTx {
             state: Mutex::new(TxState {
                 queue: VecDeque::new(),
                 busy: false,
+                writer_owns: false,
                 parked: None,
                 failed: None,
                 closed: false,
@@ -107,6 +111,15 @@ impl SessionTx {
             return Ok(());
         }
         g.busy = true;
+        if !self.sent.lock().expect("sent lock poisoned").is_empty() {
+            // Requests in flight: a deep queue, where throughput is won by
+            // batching. The writer task gathers what queues up meanwhile
+            // into one syscall (and the copy reads it in one).
+            g.writer_owns = true;
+            drop(g);
+            self.wake.notify_one();
+            return Ok(());
+        }
         drop(g);
         self.pump(link);
         Ok(())
@@ -120,12 +133,18 @@ impl SessionTx {
             match batch.try_write(&self.w) {
                 Ok(true) => count_sent(link, &batch),
                 Ok(false) => {
-                    self.lock().parked = Some(batch);
+                    let mut g = self.lock();
+                    g.parked = Some(batch);
+                    g.writer_owns = true;
+                    drop(g);
                     self.wake.notify_one();
                     return;
                 }
                 Err(e) => {
-                    self.lock().failed = Some(e);
+                    let mut g = self.lock();
+                    g.failed = Some(e);
+                    g.writer_owns = true;
+                    drop(g);
                     self.wake.notify_one();
                     return;
                 }
@@ -139,6 +158,7 @@ impl SessionTx {
         let mut g = self.lock();
         if g.closed || g.queue.is_empty() {
             g.busy = false;
+            g.writer_owns = false;
             return None;
         }
         let mut batch = Batch {
@@ -188,12 +208,18 @@ pub(crate) async fn write_loop(link: &CopyLink, tx: &SessionTx) -> Result<(), Re
         tx.wake.notified().await;
         let (parked, failed) = {
             let mut g = tx.lock();
+            if !g.writer_owns {
+                continue;
+            }
             (g.parked.take(), g.failed.take())
         };
         if let Some(e) = failed {
             return Err(e.into());
         }
-        let mut next = parked;
+        let mut next = match parked {
+            Some(b) => Some(b),
+            None => tx.take_batch(link),
+        };
         while let Some(mut batch) = next {
             batch.write_all(&tx.w).await?;
             count_sent(link, &batch);

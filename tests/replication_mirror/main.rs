@@ -8,4 +8,5 @@ mod common;
 mod bursts;
 mod faults;
 mod harness;
+mod lending;
 mod outage;
