@@ -45,23 +45,34 @@ impl MarkHint {
         }
     }
 
-    /// Were all regions of `[offset, offset+len)` marked lately? They count
-    /// as marked from now on (the caller is about to mark them).
+    /// Were all regions of `[offset, offset+len)` marked lately? A region
+    /// whose first mark is still running is not: a second write to it
+    /// would wait inline on the bitmap's lock for that mark's fdatasync.
     pub(crate) fn recently_marked(&self, offset: u64, len: u64) -> bool {
-        let mut g = self.inner.lock().expect("mark hint lock poisoned");
+        let mut g = self.lock();
         if g.since.elapsed() > Duration::from_millis(FRESH_MS) {
             g.marked = ChunkSet::new(self.regions);
             g.since = Instant::now();
         }
+        self.span(offset, len).all(|r| g.marked.contains(r))
+    }
+
+    /// The range is marked now (its mark returned).
+    pub(crate) fn record(&self, offset: u64, len: u64) {
+        let mut g = self.lock();
+        for r in self.span(offset, len) {
+            g.marked.insert(r);
+        }
+    }
+
+    fn span(&self, offset: u64, len: u64) -> std::ops::RangeInclusive<u64> {
         let first = offset / REGION_BYTES;
         let last = offset.saturating_add(len.max(1) - 1) / REGION_BYTES;
-        let mut all = true;
-        for r in first..=last.min(self.regions - 1) {
-            if g.marked.insert(r) {
-                all = false;
-            }
-        }
-        all
+        first..=last.min(self.regions - 1)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("mark hint lock poisoned")
     }
 }
 
@@ -70,12 +81,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn first_write_to_a_region_is_not_recently_marked_the_second_is() {
+    fn a_region_counts_as_marked_only_once_its_mark_returned() {
         let h = MarkHint::new(64 << 20);
         assert!(!h.recently_marked(0, 4096));
+        // A second write while the first mark still runs: not marked yet.
+        assert!(!h.recently_marked(4096, 4096));
+        h.record(0, 4096);
         assert!(h.recently_marked(4096, 4096));
-        // Spanning into a fresh region is not.
+        // Spanning into a region never marked is not.
         assert!(!h.recently_marked(REGION_BYTES - 4096, 8192));
+        h.record(REGION_BYTES - 4096, 8192);
         assert!(h.recently_marked(REGION_BYTES, 4096));
     }
 
@@ -85,5 +100,7 @@ mod tests {
         // Nothing of the disk in range: nothing to wait for.
         assert!(h.recently_marked(u64::MAX - 10, 100));
         assert!(!h.recently_marked(0, u64::MAX));
+        h.record(0, u64::MAX);
+        assert!(h.recently_marked(0, u64::MAX));
     }
 }

@@ -274,7 +274,9 @@ async fn mark_all(
     let links = links.to_vec();
     tokio::task::spawn_blocking(move || links.iter().try_for_each(|l| l.mark(offset, len)))
         .await
-        .map_err(|e| ReplicationError::DirtyLog(std::io::Error::other(e.to_string())))?
+        .map_err(|e| ReplicationError::DirtyLog(std::io::Error::other(e.to_string())))??;
+    primary.mark_hint.record(offset, len);
+    Ok(())
 }
 
 /// A write refused because a dirty log could not record it: refusing is
