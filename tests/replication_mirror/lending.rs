@@ -1,10 +1,13 @@
 //! Sync mode lends the request's own buffer to the links: no page copy,
 //! and the copies still end byte-identical, also for pages larger than a
-//! frame and bursts larger than the socket takes at once.
+//! frame and bursts larger than the socket takes at once. And a dirty-log
+//! mark that waits for its disk does not hold a runtime worker.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use geomirror::replication::{MirroredVolume, Mode};
+use geomirror::replication::{ChunkSet, DirtyLog, MemDirtyLog, MirroredVolume, Mode};
 use geomirror::storage::{BlockDevice, IoBuf, Reply, Request, StorageError};
 use tokio::sync::oneshot;
 
@@ -85,4 +88,82 @@ fn submit(
         tx,
     );
     rx
+}
+
+/// A dirty log whose first mark of offset 0 waits until the test lets it
+/// go (or gives up after a while), as a bitmap mark waits for its
+/// fdatasync.
+struct SlowFirstMark {
+    inner: MemDirtyLog,
+    hold: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    gave_up: AtomicBool,
+}
+
+impl DirtyLog for SlowFirstMark {
+    fn chunk_bytes(&self) -> u64 {
+        self.inner.chunk_bytes()
+    }
+    fn mark(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        if offset == 0 {
+            let hold = self.hold.lock().expect("hold lock").take();
+            if let Some(rx) = hold {
+                if rx.recv_timeout(Duration::from_secs(20)).is_err() {
+                    self.gave_up.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+        self.inner.mark(offset, len)
+    }
+    fn clear(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.inner.clear(offset, len)
+    }
+    fn dirty_chunks(&self) -> ChunkSet {
+        self.inner.dirty_chunks()
+    }
+    fn set_all(&self) -> std::io::Result<()> {
+        self.inner.set_all()
+    }
+}
+
+/// One runtime worker only: a mark that has to wait for the disk must not
+/// hold it, or no other write could make progress meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_slow_first_mark_does_not_stall_writes_elsewhere() {
+    let dir = common::tempdir();
+    let (p, c) = (
+        make_disk(dir.path(), "prod", SIZE),
+        make_disk(dir.path(), "copy", SIZE),
+    );
+    let rx = receiver(&c, gens(1)).await;
+    let vol = volume(&p, Mode::Sync, gens(1));
+    let (release, hold) = std::sync::mpsc::channel();
+    let log = Arc::new(SlowFirstMark {
+        inner: MemDirtyLog::new(vol.size(), 64 * 1024),
+        hold: std::sync::Mutex::new(Some(hold)),
+        gave_up: AtomicBool::new(false),
+    });
+    let link = vol
+        .add_copy(
+            copy_cfg("site-b", &rx.local_addr().to_string()),
+            log.clone(),
+        )
+        .expect("add copy");
+    settled(&link).await;
+    // A region marked once already: its later marks run inline.
+    let far = 8 << 20;
+    write(&vol, far, &[1u8; 4096]).await;
+    let slow = submit(&vol, 0, vec![2u8; 4096]);
+    for i in 0..8u8 {
+        write(&vol, far + 4096 * u64::from(i), &[i; 4096]).await;
+    }
+    // Had the slow mark held the only worker, these writes would have run
+    // only after it gave up waiting.
+    assert!(
+        !log.gave_up.load(Ordering::SeqCst),
+        "writes elsewhere waited for a slow mark"
+    );
+    let _ = release.send(());
+    slow.await.expect("answered").expect("write");
+    settled(&link).await;
+    assert!(same_files(&p, &c), "copy differs");
 }
