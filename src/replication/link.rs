@@ -9,13 +9,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::dirty::{chunk_span, ChunkSet, DirtyLog};
 use super::error::ReplicationError;
 pub(crate) use super::op::Op;
 use super::primary::Primary;
 
+pub(crate) use super::sender::SessionTx;
 pub use super::stats::CopyStats;
 
 /// Where a copy link stands.
@@ -80,9 +81,23 @@ impl CopyConfig {
 /// The answer a request gets: `Some(sums)` for a `Sums` request.
 pub(crate) type ItemReply = Result<Option<Vec<u32>>, ReplicationError>;
 
-/// One request on its way to the copy.
-pub(crate) struct Item {
+/// One request queued for a session's writer: what to send, and the
+/// bookkeeping that waits for the copy's answer.
+pub(crate) struct Queued {
     pub op: Op,
+    /// Dropped once the page is in the socket (after `op` lets go of its
+    /// buffer, fields drop in order): the volume waits for it before it
+    /// hands the same buffer to the local disk.
+    pub lease: Option<PageLease>,
+    pub item: Item,
+}
+
+/// Held by a link while it still reads a page it was lent; its drop is the
+/// signal that the link no longer needs the buffer.
+pub(crate) type PageLease = oneshot::Sender<()>;
+
+/// One request sent or about to be sent, until the copy answers it.
+pub(crate) struct Item {
     /// Chunks counted in flight for this request.
     pub chunks: Option<RangeInclusive<u64>>,
     /// The resync chunks this request carries (a run of adjacent chunks).
@@ -91,11 +106,6 @@ pub(crate) struct Item {
     pub page_bytes: u64,
     pub enqueued: Instant,
     pub _permit: Option<OwnedSemaphorePermit>,
-}
-
-/// The sending end of one connection.
-pub(crate) struct SessionTx {
-    pub tx: mpsc::UnboundedSender<Item>,
 }
 
 pub(crate) struct Inner {
@@ -237,17 +247,33 @@ impl CopyLink {
         resync_chunks: Option<RangeInclusive<u64>>,
         permit: OwnedSemaphorePermit,
     ) -> oneshot::Receiver<ItemReply> {
+        self.send_leased(session, op, chunks, resync_chunk, permit, None)
+    }
+
+    /// [`send`](Self::send) for a page lent by the volume: `lease` is
+    /// dropped as soon as the link is done reading the page.
+    pub(crate) fn send_leased(
+        &self,
+        session: &SessionTx,
+        op: Op,
+        chunks: Option<RangeInclusive<u64>>,
+        resync_chunk: Option<u64>,
+        permit: OwnedSemaphorePermit,
+        lease: Option<PageLease>,
+    ) -> oneshot::Receiver<ItemReply> {
         let (tx, rx) = oneshot::channel();
         let item = Item {
             page_bytes: op.page_bytes(),
-            op,
             chunks,
             resync_chunks,
             reply: Some(tx),
             enqueued: Instant::now(),
             _permit: Some(permit),
         };
-        if let Err(mpsc::error::SendError(item)) = session.tx.send(item) {
+        if let Err(q) = session.push(self, Queued { op, lease, item }) {
+            let Queued { op, lease, item } = *q;
+            drop(op);
+            drop(lease);
             self.complete(item, Err(ReplicationError::LinkDown));
         }
         rx

@@ -11,7 +11,8 @@ use tokio::sync::oneshot;
 use super::dirty::{chunk_span, DirtyLog};
 use super::error::ReplicationError;
 use super::generation::Generations;
-use super::link::{CopyConfig, CopyLink, ItemReply, Op};
+use super::link::{CopyConfig, CopyLink, ItemReply, Op, PageLease};
+use super::mark_hint::MarkHint;
 use super::order::{OverlapGate, Ticket};
 use super::primary::{Mode, Primary};
 use super::session::run_link;
@@ -41,6 +42,8 @@ impl MirroredVolume {
     pub fn new(local: Arc<dyn BlockDevice>, cfg: VolumeConfig) -> Arc<MirroredVolume> {
         Arc::new(MirroredVolume {
             primary: Arc::new(Primary {
+                mark_hint: MarkHint::new(local.size()),
+                page_bytes_copied: AtomicU64::new(0),
                 local,
                 gate: OverlapGate::new(),
                 epoch: AtomicU64::new(cfg.epoch),
@@ -97,6 +100,12 @@ impl MirroredVolume {
 
     pub fn mode(&self) -> Mode {
         self.primary.mode
+    }
+
+    /// Page bytes copied so that the links could send them: zero in sync
+    /// mode, where the links borrow the request's own buffer.
+    pub fn page_bytes_copied(&self) -> u64 {
+        self.primary.page_bytes_copied.load(Ordering::Relaxed)
     }
 }
 
@@ -160,40 +169,60 @@ async fn replicate(
     ticket.ready().await;
     // Mark the range in every copy's log before anything is sent, so a log
     // that cannot record it fails the write before any copy has it.
-    if !matches!(&req, Request::Write { data, .. } if data.is_empty()) {
-        for link in links {
-            if let Err(e) = link.mark(offset, len) {
-                return Err(refused(offset, e));
-            }
+    if !links.is_empty() && !matches!(&req, Request::Write { data, .. } if data.is_empty()) {
+        if let Err(e) = mark_all(primary, links, offset, len).await {
+            return Err(refused(offset, e));
         }
     }
     let mut acks: Vec<oneshot::Receiver<ItemReply>> = Vec::new();
     let mut failed = None;
-    match &req {
+    let req = match req {
         // An empty write changes nothing and is not replicated.
-        Request::Write { data, fua, .. } if !links.is_empty() && !data.is_empty() => {
-            // The local engine takes the buffer; the links share a copy,
-            // cut into frames of at most PAYLOAD_BYTES_MAX.
-            let shared = Arc::new(IoBuf::from_slice(data));
+        Request::Write { offset, data, fua } if !links.is_empty() && !data.is_empty() => {
+            // Sync mode lends the request's own buffer to the links and
+            // takes it back for the local write once every link has it in
+            // its socket: no page copy, and the delay is hidden behind the
+            // copy's round trip, which the answer waits for anyway. Async
+            // mode must not hold the local write behind a lagging link, so
+            // the links get a copy there.
+            let (page, local) = match primary.mode {
+                Mode::Sync => (Arc::new(data), None),
+                Mode::Async => {
+                    let n = data.len() as u64;
+                    primary.page_bytes_copied.fetch_add(n, Ordering::Relaxed);
+                    (Arc::new(IoBuf::from_slice(&data)), Some(data))
+                }
+            };
+            let mut released = Vec::new();
             let mut start = 0usize;
-            while start < shared.len() {
-                let n = PAYLOAD_BYTES_MAX.min(shared.len() - start);
+            while start < page.len() {
+                let n = PAYLOAD_BYTES_MAX.min(page.len() - start);
                 // Computed once, before sending; every copy checks it.
-                let crc = crc32fast::hash(&shared[start..start + n]);
+                let crc = crc32fast::hash(&page[start..start + n]);
                 let at = offset + start as u64;
                 for link in links {
                     let op = Op::Write {
                         offset: at,
-                        data: shared.clone(),
+                        data: page.clone(),
                         start,
                         len: n,
                         crc,
-                        fua: *fua,
+                        fua,
                     };
-                    send(link, at, n as u64, op, &mut acks, &mut failed).await;
+                    let lease = local.is_none().then(|| {
+                        let (lease, back) = oneshot::channel();
+                        released.push(back);
+                        lease
+                    });
+                    send(link, at, n as u64, op, lease, &mut acks, &mut failed).await;
                 }
                 start += n;
             }
+            let data = match local {
+                Some(data) => data,
+                None => take_back(primary, page, released).await,
+            };
+            Request::Write { offset, data, fua }
         }
         Request::Trim { .. } | Request::WriteZeroes { .. } => {
             let (trim, punch) = match &req {
@@ -207,11 +236,12 @@ async fn replicate(
                     trim,
                     punch,
                 };
-                send(link, offset, len, op, &mut acks, &mut failed).await;
+                send(link, offset, len, op, None, &mut acks, &mut failed).await;
             }
+            req
         }
-        _ => {}
-    }
+        req => req,
+    };
     if let Some(e) = failed {
         // Only a log failing between two marks of the same range gets here.
         drop(ticket);
@@ -227,6 +257,26 @@ async fn replicate(
         }
     }
     local
+}
+
+/// Mark the range in every link's log: inline when the region was marked
+/// lately (no disk I/O expected), else on the blocking pool, so a bitmap
+/// fdatasync does not stall a runtime worker.
+async fn mark_all(
+    primary: &Primary,
+    links: &[Arc<CopyLink>],
+    offset: u64,
+    len: u64,
+) -> Result<(), ReplicationError> {
+    if primary.mark_hint.recently_marked(offset, len) {
+        return links.iter().try_for_each(|l| l.mark(offset, len));
+    }
+    let links = links.to_vec();
+    tokio::task::spawn_blocking(move || links.iter().try_for_each(|l| l.mark(offset, len)))
+        .await
+        .map_err(|e| ReplicationError::DirtyLog(std::io::Error::other(e.to_string())))??;
+    primary.mark_hint.record(offset, len);
+    Ok(())
 }
 
 /// A write refused because a dirty log could not record it: refusing is
@@ -247,6 +297,7 @@ async fn send(
     offset: u64,
     len: u64,
     op: Op,
+    lease: Option<PageLease>,
     acks: &mut Vec<oneshot::Receiver<ItemReply>>,
     failed: &mut Option<ReplicationError>,
 ) {
@@ -254,11 +305,40 @@ async fn send(
     match link.prepare(offset, len) {
         Ok(Some(sess)) => {
             let chunks = chunk_span(offset, len, link.chunk_bytes());
-            acks.push(link.send(&sess, op, Some(chunks), None, permit));
+            acks.push(link.send_leased(&sess, op, Some(chunks), None, permit, lease));
         }
-        Ok(None) => {}
-        Err(e) => *failed = Some(e),
+        Ok(None) => release(op, lease),
+        Err(e) => {
+            release(op, lease);
+            *failed = Some(e);
+        }
     }
+}
+
+/// An unsent request lets go of its page before its lease.
+fn release(op: Op, lease: Option<PageLease>) {
+    drop(op);
+    drop(lease);
+}
+
+/// The buffer lent to the links, once each has dropped its lease (a link
+/// lets go of the page before its lease, so the last reference is ours).
+async fn take_back(
+    primary: &Primary,
+    page: Arc<IoBuf>,
+    released: Vec<oneshot::Receiver<()>>,
+) -> IoBuf {
+    for r in released {
+        // Never sent: the lease is only dropped, so this is always Err.
+        let _ = r.await;
+    }
+    Arc::try_unwrap(page).unwrap_or_else(|shared| {
+        // Not expected; copying is correct, only slower.
+        tracing::debug!("lent page still shared; copying it");
+        let n = shared.len() as u64;
+        primary.page_bytes_copied.fetch_add(n, Ordering::Relaxed);
+        IoBuf::from_slice(&shared)
+    })
 }
 
 async fn flush(primary: &Primary, links: &[Arc<CopyLink>]) -> Result<Reply, StorageError> {

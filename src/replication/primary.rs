@@ -5,6 +5,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use super::generation::Generations;
+use super::mark_hint::MarkHint;
 use super::order::OverlapGate;
 use crate::storage::BlockDevice;
 
@@ -27,4 +28,9 @@ pub(crate) struct Primary {
     pub epoch: AtomicU64,
     pub generations: Generations,
     pub mode: Mode,
+    /// Which marks run inline and which on the blocking pool.
+    pub mark_hint: MarkHint,
+    /// Page bytes copied for the links (async mode, or a lent page that
+    /// came back still shared).
+    pub page_bytes_copied: AtomicU64,
 }

@@ -2,30 +2,28 @@
 //! sync from the generations, then pipeline requests (acks matched by
 //! sequence number) while the resync runs; reconnect with bounded backoff.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use super::auth::{self, Role};
 use super::error::ReplicationError;
 use super::framed::{write_frame, FrameReader};
 use super::generation::{decide, Generations, SyncPlan};
-use super::link::{CopyLink, Item, LinkState, Op, SessionTx};
+use super::link::{CopyLink, LinkState, Op, SessionTx};
 use super::resync;
+use super::sender::{write_loop, Sent};
 use super::wire::Msg;
 
-/// Socket write buffer: many small frames go out in one syscall.
-const WRITE_BUF_BYTES: usize = 512 * 1024;
+/// Write buffer of the handshake (requests are sent by `sender.rs`).
+const WRITE_BUF_BYTES: usize = 4096;
 /// How often the ack deadline is checked.
 const WATCHDOG_MS: u64 = 200;
-
-type Sent = Mutex<BTreeMap<u64, Item>>;
 
 /// Drive `link` until it is stopped or refused.
 pub(crate) async fn run_link(link: Arc<CopyLink>) {
@@ -176,9 +174,7 @@ async fn session(
         SyncPlan::Partial | SyncPlan::Nothing => {}
     }
 
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let sess = Arc::new(SessionTx { tx });
-    let sent: Sent = Mutex::new(BTreeMap::new());
+    let sess = Arc::new(SessionTx::new(writer.into_inner()));
     {
         // Publishing the session and snapshotting the dirty chunks under
         // one lock: a write marked before this is in the snapshot, a write
@@ -199,10 +195,10 @@ async fn session(
     tracing::info!(copy = %link.cfg.name, "replication link up");
 
     let result = tokio::select! {
-        r = write_loop(link, writer, &mut rx, &sent) => r,
-        r = read_loop(link, reader, &sent) => r,
+        r = write_loop(link, &sess) => r,
+        r = read_loop(link, reader, &sess.sent) => r,
         r = resync_then_idle(link, &sess) => r,
-        r = watchdog(link, &sent) => r,
+        r = watchdog(link, &sess.sent) => r,
         _ = stop.changed() => Ok(()),
     };
 
@@ -214,11 +210,14 @@ async fn session(
         g.state = LinkState::Disconnected;
         g.oldest_unacked = None;
     }
-    rx.close();
-    while let Ok(item) = rx.try_recv() {
+    for q in sess.close() {
+        let super::link::Queued { op, lease, item } = q;
+        // The page first, then its lease (the volume then takes the buffer back).
+        drop(op);
+        drop(lease);
         link.complete(item, Err(ReplicationError::LinkDown));
     }
-    let unacked = std::mem::take(&mut *sent.lock().expect("sent lock poisoned"));
+    let unacked = std::mem::take(&mut *sess.sent.lock().expect("sent lock poisoned"));
     for (_, item) in unacked {
         link.complete(item, Err(ReplicationError::LinkDown));
     }
@@ -240,40 +239,6 @@ async fn resync_then_idle(
         .map_err(|_| ReplicationError::LinkDown)??;
     link.resync_done(sess);
     std::future::pending().await
-}
-
-async fn write_loop(
-    link: &CopyLink,
-    mut w: BufWriter<OwnedWriteHalf>,
-    rx: &mut mpsc::UnboundedReceiver<Item>,
-    sent: &Sent,
-) -> Result<(), ReplicationError> {
-    let mut scratch = Vec::with_capacity(256);
-    let mut seq = 0u64;
-    loop {
-        let Some(mut item) = rx.recv().await else {
-            return Err(ReplicationError::LinkDown);
-        };
-        loop {
-            seq += 1;
-            let epoch = link.primary.epoch.load(Ordering::Acquire);
-            let (msg, page) = item.op.to_msg(epoch, seq);
-            // Recorded before it is written, so its ack cannot come first
-            // and a failure mid-write still answers it.
-            sent.lock().expect("sent lock poisoned").insert(seq, item);
-            let page_bytes = page.as_ref().map_or(&[][..], |(d, s, l)| &d[*s..*s + *l]);
-            write_frame(&mut w, &mut scratch, &msg, page_bytes).await?;
-            link.counters
-                .bytes_sent
-                .fetch_add(page_bytes.len() as u64, Ordering::Relaxed);
-            // Batch whatever is already queued into the same flush.
-            match rx.try_recv() {
-                Ok(next) => item = next,
-                Err(_) => break,
-            }
-        }
-        w.flush().await?;
-    }
 }
 
 async fn read_loop(

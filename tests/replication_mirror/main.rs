@@ -9,4 +9,5 @@ mod bursts;
 mod faults;
 mod full_sync;
 mod harness;
+mod lending;
 mod outage;
