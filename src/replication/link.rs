@@ -104,6 +104,8 @@ pub(crate) struct Item {
     pub resync_chunks: Option<RangeInclusive<u64>>,
     pub reply: Option<oneshot::Sender<ItemReply>>,
     pub page_bytes: u64,
+    /// Bytes of the volume the request covers (a zero range has no page).
+    pub covered_bytes: u64,
     pub enqueued: Instant,
     pub _permit: Option<OwnedSemaphorePermit>,
 }
@@ -247,7 +249,7 @@ impl CopyLink {
         resync_chunks: Option<RangeInclusive<u64>>,
         permit: OwnedSemaphorePermit,
     ) -> oneshot::Receiver<ItemReply> {
-        self.send_leased(session, op, chunks, resync_chunk, permit, None)
+        self.send_leased(session, op, chunks, resync_chunks, permit, None)
     }
 
     /// [`send`](Self::send) for a page lent by the volume: `lease` is
@@ -257,13 +259,20 @@ impl CopyLink {
         session: &SessionTx,
         op: Op,
         chunks: Option<RangeInclusive<u64>>,
-        resync_chunk: Option<u64>,
+        resync_chunks: Option<RangeInclusive<u64>>,
         permit: OwnedSemaphorePermit,
         lease: Option<PageLease>,
     ) -> oneshot::Receiver<ItemReply> {
         let (tx, rx) = oneshot::channel();
+        // A run of zeroes travels as a range, without pages, yet counts as
+        // resynced data.
+        let covered_bytes = match &op {
+            Op::Zero { len, .. } => *len,
+            _ => op.page_bytes(),
+        };
         let item = Item {
             page_bytes: op.page_bytes(),
+            covered_bytes,
             chunks,
             resync_chunks,
             reply: Some(tx),
@@ -329,14 +338,9 @@ impl CopyLink {
                 .bytes_acked
                 .fetch_add(item.page_bytes, Ordering::Relaxed);
             if item.resync_chunks.is_some() {
-                // A run of zeroes travels as a range, without pages.
-                let bytes = match &item.op {
-                    Op::Zero { len, .. } => *len,
-                    _ => item.page_bytes,
-                };
                 self.counters
                     .resynced_bytes
-                    .fetch_add(bytes, Ordering::Relaxed);
+                    .fetch_add(item.covered_bytes, Ordering::Relaxed);
             }
         }
         if let Some(r) = item.reply.take() {
