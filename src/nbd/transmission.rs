@@ -265,8 +265,9 @@ impl Session {
             // A flush waits for the disk (milliseconds when it is busy):
             // block_in_place lets the runtime move its other tasks to another
             // thread meanwhile. Measured at QD1 on ext4, it also keeps the
-            // flush's tail short where blocking the worker outright gave a
-            // p90 of ~4 ms against ~0.4 ms (see BENCHMARKS.md).
+            // flush's tail short: blocking the worker outright gave a flush
+            // p90 of ~4 ms (median of six runs) against ~0.8 ms with it
+            // (BENCHMARKS.md, "QD1 write + flush, serve").
             if !on_multi_thread_runtime() {
                 return self.start(cookie, permits, req, false);
             }
