@@ -183,6 +183,67 @@ fn fio_verifies_crc32c_over_four_connections_at_once() {
     );
 }
 
+#[test]
+fn fio_verifies_crc32c_at_queue_depth_1_with_a_flush_after_every_write() {
+    if !common::require(&["fio"]) {
+        return;
+    }
+    // QD1 with a FLUSH after each write: the requests a lone connection runs
+    // on its own thread rather than through the io_uring queue.
+    let s = serve("16M", &[]);
+    fio(&s.uri, &["--iodepth=1", "--fsync=1", "--size=4M"]);
+}
+
+/// Writes on one connection (alone, so run inline), a FUA write, a flush on
+/// a second connection, and reads back through that second connection.
+const MULTI_CONN: &str = r#"
+import sys
+uri = sys.argv[1]
+a = nbd.NBD(); a.connect_uri(uri)
+b = nbd.NBD(); b.connect_uri(uri)
+assert a.can_multi_conn() and a.can_flush() and a.can_fua()
+a.pwrite(b"\xa5" * 4096, 8192)
+a.pwrite(b"\x5a" * 512, 20480 + 100, nbd.CMD_FLAG_FUA)
+a.pwrite(b"\x3c" * 65536, 1 << 20)
+b.flush()
+assert b.pread(4096, 8192) == b"\xa5" * 4096
+assert b.pread(512, 20480 + 100) == b"\x5a" * 512
+assert b.pread(65536, 1 << 20) == b"\x3c" * 65536
+a.flush()
+print("ok")
+"#;
+
+#[test]
+fn a_flush_on_one_connection_covers_writes_completed_on_another() {
+    if !common::require(&["nbdsh"]) {
+        return;
+    }
+    let s = serve("16M", &[]);
+    let out = run_ok(
+        debian_cmd("nbdsh")
+            .arg("-c")
+            .arg(format!("import sys; sys.argv = ['m', {:?}]", s.uri))
+            .arg("-c")
+            .arg(MULTI_CONN),
+    );
+    assert!(out.contains("ok"), "{out}");
+    // The bytes are in the disk file, where a flush put them.
+    let disk = std::fs::read(&s.disk).expect("read disk");
+    assert!(disk[8192..12288].iter().all(|&b| b == 0xa5), "write lost");
+    assert!(
+        disk[20580..21092].iter().all(|&b| b == 0x5a),
+        "FUA write lost"
+    );
+    assert!(
+        disk[1 << 20..(1 << 20) + 65536].iter().all(|&b| b == 0x3c),
+        "64 KiB write lost"
+    );
+    assert!(
+        disk[12288..20580].iter().all(|&b| b == 0),
+        "bytes around a write changed"
+    );
+}
+
 /// Keeps 32 distinct 4 KiB writes in flight, wrapping over 16 MiB, until the
 /// connection dies; marks READY after 500 acknowledgements and prints the
 /// acknowledged write numbers and how many were issued.

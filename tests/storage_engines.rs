@@ -7,7 +7,10 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use geomirror::storage::{call, open_engine, BlockDevice, EngineKind, IoBuf, Reply, Request};
+use geomirror::storage::{
+    call, open_engine, BlockDevice, EngineKind, Inline, IoBuf, Reply, Request, StorageError,
+    UringEngine, UringOptions,
+};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 
@@ -113,6 +116,182 @@ fn fua_writes_and_flush_reach_the_file() {
             );
         }
     });
+}
+
+/// The result of a request the engine must have run inline.
+fn inline_done(dev: &dyn BlockDevice, req: Request) -> Result<Reply, StorageError> {
+    match dev.run_inline(req) {
+        Inline::Done(r) => r,
+        Inline::Declined(r) => panic!("{r:?} was declined by an idle engine"),
+    }
+}
+
+#[test]
+fn an_idle_uring_engine_runs_small_writes_and_flushes_inline() {
+    let dir = common::tempdir();
+    let (path, f) = disk(dir.path(), "inline.img", DISK_BYTES);
+    let eng = UringEngine::new(f, DISK_BYTES, UringOptions::default()).expect("open engine");
+    for (i, (offset, len, fua)) in [
+        (8192u64, 4096usize, false),
+        (100, 10, true),
+        (1 << 20, 65536, false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let data = pattern(len, 20 + i as u64);
+        assert!(eng.inline_ready(&Request::Write {
+            offset,
+            data: data.clone(),
+            fua
+        }));
+        let r = inline_done(&eng, Request::Write { offset, data, fua });
+        assert!(
+            matches!(r, Ok(Reply::Done)),
+            "inline write {offset}+{len}: {r:?}"
+        );
+    }
+    assert!(matches!(inline_done(&eng, Request::Flush), Ok(Reply::Done)));
+    assert_eq!(eng.stats().inline, 4, "three writes and a flush ran inline");
+    assert_eq!(eng.stats().requests, 0, "nothing went through the ring");
+    // What the caller's thread wrote is what the file and the ring read.
+    let file = File::open(&path).expect("reopen");
+    rt().block_on(async {
+        for (i, (offset, len)) in [(8192u64, 4096usize), (100, 10), (1 << 20, 65536)]
+            .into_iter()
+            .enumerate()
+        {
+            let want = pattern(len, 20 + i as u64);
+            let mut got = vec![0u8; len];
+            file.read_exact_at(&mut got, offset).expect("read file");
+            assert_eq!(got, &want[..], "file at {offset}+{len}");
+            assert!(
+                read(&eng, offset, len as u32).await == want,
+                "ring read at {offset}+{len}"
+            );
+        }
+    });
+}
+
+#[test]
+fn inline_runs_refuse_past_the_end_and_decline_what_belongs_on_the_ring() {
+    let dir = common::tempdir();
+    let (_, f) = disk(dir.path(), "decline.img", DISK_BYTES);
+    let eng = UringEngine::new(f, DISK_BYTES, UringOptions::default()).expect("open engine");
+    let past = Request::Write {
+        offset: DISK_BYTES - 4096,
+        data: pattern(8192, 1),
+        fua: false,
+    };
+    match eng.run_inline(past) {
+        Inline::Done(Err(e)) => assert_eq!(e.errno(), libc::ENOSPC, "{e}"),
+        other => panic!("a write past the end ran or was declined: {other:?}"),
+    }
+    // Large writes, reads, trims and zeroing go through the ring, and the
+    // request comes back whole so the caller can submit it.
+    let big = pattern(128 << 10, 2);
+    match eng.run_inline(Request::Write {
+        offset: 0,
+        data: big.clone(),
+        fua: false,
+    }) {
+        Inline::Declined(Request::Write {
+            offset: 0,
+            data,
+            fua: false,
+        }) => {
+            assert!(data == big, "a declined write came back with other bytes")
+        }
+        other => panic!("a 128 KiB write was not handed back: {other:?}"),
+    }
+    for req in [
+        Request::Read {
+            offset: 0,
+            len: 4096,
+        },
+        Request::Trim {
+            offset: 0,
+            len: 4096,
+        },
+        Request::WriteZeroes {
+            offset: 0,
+            len: 4096,
+            punch: false,
+        },
+    ] {
+        assert!(!eng.inline_ready(&req), "{req:?} ready inline");
+        assert!(matches!(eng.run_inline(req), Inline::Declined(_)));
+    }
+    // With the option off, nothing runs inline.
+    let (_, f) = disk(dir.path(), "off.img", DISK_BYTES);
+    let opts = UringOptions {
+        inline: false,
+        ..UringOptions::default()
+    };
+    let off = UringEngine::new(f, DISK_BYTES, opts).expect("open engine");
+    assert!(matches!(
+        off.run_inline(Request::Flush),
+        Inline::Declined(Request::Flush)
+    ));
+    assert_eq!(
+        eng.stats().inline,
+        0,
+        "no I/O ran inline: the write past the end was refused before"
+    );
+}
+
+#[test]
+fn the_inline_path_reopens_once_every_ring_request_is_answered() {
+    let dir = common::tempdir();
+    let (_, f) = disk(dir.path(), "busy.img", DISK_BYTES);
+    let eng = UringEngine::new(f, DISK_BYTES, UringOptions::default()).expect("open engine");
+    rt().block_on(async {
+        // Every way a ring request is answered (done, zero length, after a
+        // retry or fallback, refused) must end its count as in flight, or
+        // the fast path would stay shut for good.
+        let reqs = vec![
+            Request::Write {
+                offset: 0,
+                data: pattern(1 << 20, 3),
+                fua: true,
+            },
+            Request::Write {
+                offset: 4096,
+                data: IoBuf::zeroed(0),
+                fua: false,
+            },
+            Request::Read {
+                offset: 0,
+                len: 4096,
+            },
+            Request::Read { offset: 0, len: 0 },
+            Request::Flush,
+            Request::Trim {
+                offset: 0,
+                len: 8192,
+            },
+            Request::WriteZeroes {
+                offset: 8192,
+                len: 8192,
+                punch: false,
+            },
+            Request::Read {
+                offset: DISK_BYTES,
+                len: 4096,
+            },
+        ];
+        let mut waits = Vec::new();
+        for req in reqs {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            eng.submit(req, tx);
+            waits.push(rx);
+        }
+        for w in waits {
+            assert!(w.await.is_ok(), "a request went unanswered");
+        }
+    });
+    assert!(eng.inline_ready(&Request::Flush), "still counted in flight");
+    assert!(matches!(inline_done(&eng, Request::Flush), Ok(Reply::Done)));
 }
 
 #[test]

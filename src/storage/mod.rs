@@ -103,6 +103,15 @@ pub enum Reply {
 /// the engine itself dies, which the waiter sees as [`StorageError::Stopped`].
 pub type Completion = oneshot::Sender<Result<Reply, StorageError>>;
 
+/// What [`BlockDevice::run_inline`] did with a request.
+#[derive(Debug)]
+pub enum Inline {
+    /// It ran on the calling thread; here is its result.
+    Done(Result<Reply, StorageError>),
+    /// Not a request to run inline now: submit it instead.
+    Declined(Request),
+}
+
 /// A run of the disk that is allocated or not (NBD `base:allocation`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Extent {
@@ -118,6 +127,18 @@ pub trait BlockDevice: Send + Sync + 'static {
     fn size(&self) -> u64;
     /// Queue one request; its result goes to `done`.
     fn submit(&self, req: Request, done: Completion);
+    /// Whether [`BlockDevice::run_inline`] would take `req` now: a cheap
+    /// check, so that a caller can skip preparing to block.
+    fn inline_ready(&self, _req: &Request) -> bool {
+        false
+    }
+    /// Run `req` on the calling thread, blocking it for the I/O, when that
+    /// is quicker than queueing it: for a small write or a flush while the
+    /// device has nothing else in flight, a queue costs thread wake-ups that
+    /// are most of the latency. Devices without such a path decline.
+    fn run_inline(&self, req: Request) -> Inline {
+        Inline::Declined(req)
+    }
     /// Allocation of `[offset, offset+len)`, in order, covering at least the
     /// first byte. Engines that cannot tell report one allocated extent.
     fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>, StorageError>;

@@ -224,6 +224,7 @@ impl Worker {
             }
         };
         if len == 0 && !matches!(step, Step::Flush) {
+            self.waker.in_flight.fetch_sub(1, Ordering::SeqCst);
             let _ = completion.send(Ok(match buf {
                 Some(b) if matches!(step, Step::Read) => Reply::Read(b),
                 _ => Reply::Done,
@@ -382,6 +383,7 @@ impl Worker {
             return;
         };
         self.free.push(slot);
+        self.waker.in_flight.fetch_sub(1, Ordering::SeqCst);
         let reply = match res {
             Err(source) => Err(super::StorageError::Io {
                 offset: op.offset + op.done_bytes,

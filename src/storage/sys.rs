@@ -85,6 +85,42 @@ pub fn fallocate(file: &File, mode: i32, offset: u64, len: u64) -> io::Result<()
     cvt(unsafe { libc::fallocate(file.as_raw_fd(), mode, off, len) }).map(drop)
 }
 
+/// Writes all of `data` at `offset` on the calling thread with
+/// `pwritev2(2)`; `flags` is 0 or [`RWF_DSYNC`] (the write is durable when
+/// this returns). Short writes continue; EINTR is retried, up to a bound.
+pub fn pwrite_all(file: &File, data: &[u8], offset: u64, flags: i32) -> io::Result<()> {
+    /// Consecutive EINTRs before giving up.
+    const RETRIES_MAX: u32 = 16;
+    let mut done = 0usize;
+    let mut retries = 0;
+    while done < data.len() {
+        let rest = &data[done..];
+        let iov = libc::iovec {
+            iov_base: rest.as_ptr() as *mut libc::c_void,
+            iov_len: rest.len(),
+        };
+        let off = to_off(offset + done as u64)?;
+        // SAFETY: one iovec pointing into `data`, which outlives the call;
+        // the kernel only reads from it.
+        let n = unsafe { libc::pwritev2(file.as_raw_fd(), &iov, 1, off, flags) };
+        if n > 0 {
+            done += n as usize;
+            retries = 0;
+            continue;
+        }
+        let e = if n == 0 {
+            io::Error::from(io::ErrorKind::WriteZero)
+        } else {
+            io::Error::last_os_error()
+        };
+        retries += 1;
+        if e.raw_os_error() != Some(libc::EINTR) || retries > RETRIES_MAX {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
 /// BLKDISCARD on a block device: the range's contents become undefined.
 pub fn discard(fd: RawFd, offset: u64, len: u64) -> io::Result<()> {
     let range = [offset, len];
