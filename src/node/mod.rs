@@ -11,6 +11,7 @@ pub mod control;
 mod control_server;
 mod dirty;
 pub mod fence;
+mod founding;
 mod metered;
 mod mux;
 pub mod observe;
@@ -27,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use crate::config::RecoveryDomain;
 use crate::group::engine::{Engine, EngineConfig};
@@ -56,6 +57,9 @@ pub struct NodeOptions {
 
 /// Time allowed for a proposal (elections included).
 const PROPOSE_TIMEOUT_S: u64 = 15;
+/// First and longest pause between two attempts of a start-up proposal.
+const STARTED_RETRY_MIN_MS: u64 = 500;
+const STARTED_RETRY_MAX_MS: u64 = 5_000;
 /// Time a stopping member waits for its Leave to be decided.
 const LEAVE_TIMEOUT_S: u64 = 5;
 
@@ -120,11 +124,23 @@ pub async fn run(
     let initial = engine.state().borrow().clone();
     let mut observer = Observer::start(me, &member, initial)?;
     let was_voter = engine.is_member();
-    let bootstrapped = enter_group(&engine, &peers, &opts.state_dir).await?;
     tokio::pin!(shutdown);
+    // Every phase before serving reacts to SIGTERM/SIGINT: a member whose
+    // peers are all down must still stop when asked.
+    let bootstrapped = tokio::select! {
+        r = founding::enter_group(&engine, &domain, me) => r?,
+        _ = &mut shutdown => {
+            tracing::info!("stopping before this member entered the group");
+            let _ = engine.shutdown().await;
+            mux_task.abort();
+            return Ok(());
+        }
+    };
     // Nothing can be decided without a leader (a majority of the voters).
     let mut waited = Instant::now();
-    while engine.leader().is_none() {
+    // After a restart the engine names the leader of its last term until an
+    // election says otherwise: wait for one that is actually in contact.
+    while engine.leader().is_none() || !engine.metrics().has_quorum {
         if waited.elapsed() > Duration::from_secs(5) {
             tracing::warn!("waiting for a majority of the group's voters to elect a leader");
             waited = Instant::now();
@@ -138,27 +154,37 @@ pub async fn run(
             }
         }
     }
-    // Event::Started wants the replica caught up with the committed log.
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            let m = engine.metrics();
-            if m.last_applied_index >= Some(m.last_log_index.unwrap_or(0))
-                || m.last_log_index.is_none()
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
     let mut state_rx = engine.state();
-    if !bootstrapped {
-        // Block 72: a later member receives the group state from the others.
-        let _ = tokio::time::timeout(
-            Duration::from_secs(10),
-            state_rx.wait_for(|s| s.is_configured()),
-        )
+    let settle = async {
+        // Event::Started wants the replica caught up with the committed log.
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let m = engine.metrics();
+                if m.last_applied_index >= Some(m.last_log_index.unwrap_or(0))
+                    || m.last_log_index.is_none()
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
         .await;
+        if !bootstrapped {
+            // Block 72: a later member receives the group state from the others.
+            let _ = tokio::time::timeout(
+                Duration::from_secs(10),
+                state_rx.wait_for(|s| s.is_configured()),
+            )
+            .await;
+        }
+    };
+    tokio::select! {
+        _ = settle => {}
+        _ = &mut shutdown => {
+            let _ = engine.shutdown().await;
+            mux_task.abort();
+            return Ok(());
+        }
     }
 
     let mut roles = Roles::new(me, domain.clone(), disks.clone(), opts.engine);
@@ -197,12 +223,20 @@ pub async fn run(
         domain: DomainSpec::from(&*domain),
     };
     let state = state_rx.borrow_and_update().clone();
+    let mut stop_early = false;
     for action in join::step(&state, me, started) {
         if let Action::Propose(cmd) = action {
             // Only a refused Join keeps this member out (wrong recovery
             // domain, unknown resource): say why and stop.
             let fatal = matches!(cmd, GroupCommand::Join { .. });
-            if let Err(e) = propose(&engine, cmd, fatal).await {
+            let proposed = tokio::select! {
+                r = propose_until_decided(&engine, cmd, fatal) => r,
+                _ = &mut shutdown => {
+                    stop_early = true;
+                    break;
+                }
+            };
+            if let Err(e) = proposed {
                 // A member refused right after it became a voter takes its
                 // vote back: left behind, a dead voter would cost the group
                 // its tolerance of one more failure.
@@ -222,6 +256,10 @@ pub async fn run(
     let mut reported: BTreeMap<String, crate::group::SyncReport> = BTreeMap::new();
     let mut state_changed = true;
     loop {
+        // SIGTERM while the Started proposals were pending: straight to the leave.
+        if stop_early {
+            break;
+        }
         if state_changed {
             state_changed = false;
             let state = state_rx.borrow_and_update().clone();
@@ -340,54 +378,6 @@ pub async fn run(
     Ok(())
 }
 
-/// Join the engine's membership through a reachable member, or found the
-/// group when none answers (block 72: the first member uses its own copy of
-/// the group state). Returns whether this member founded it.
-async fn enter_group(
-    engine: &Engine<GroupState>,
-    peers: &BTreeMap<u64, SocketAddr>,
-    state_dir: &std::path::Path,
-) -> anyhow::Result<bool> {
-    if engine.is_member() {
-        return Ok(false);
-    }
-    let mut reachable = Vec::new();
-    for addr in peers.values() {
-        if let Ok(Ok(_)) =
-            tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(addr)).await
-        {
-            reachable.push(*addr);
-        }
-    }
-    if reachable.is_empty() {
-        if engine.is_initialized().await {
-            bail!(
-                "this member was removed from the group and no other member is reachable; \
-                 start another member first, or remove {} to found a new group",
-                state_dir.display()
-            );
-        }
-        tracing::info!("no other member reachable: founding the group");
-        engine.bootstrap().await.context("found the group")?;
-        return Ok(true);
-    }
-    let mut last = None;
-    for attempt in 0..5 {
-        match engine.join_via(&reachable).await {
-            Ok(()) => return Ok(false),
-            Err(e) => {
-                tracing::warn!(attempt, "join through {reachable:?}: {e}");
-                last = Some(e);
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    }
-    Err(anyhow!(
-        "could not join the group through {reachable:?}: {}",
-        last.map(|e| e.to_string()).unwrap_or_default()
-    ))
-}
-
 /// The engine's HMAC key, derived from the recovery domain's secret (any
 /// length a person chose) so the key itself is always 32 bytes.
 fn engine_key(secret: &str) -> Vec<u8> {
@@ -416,6 +406,41 @@ async fn propose(
             tracing::debug!("refused: {what}: {reason}");
             Ok(())
         }
+    }
+}
+
+/// Propose one of the start-up commands until the group decides it: a
+/// missing leader or a timeout is waited out (the commands are idempotent),
+/// so a member started before a majority is up keeps trying instead of
+/// exiting. A refusal is an error when `fatal`.
+async fn propose_until_decided(
+    engine: &Engine<GroupState>,
+    cmd: GroupCommand,
+    fatal: bool,
+) -> anyhow::Result<()> {
+    let mut pause_ms = STARTED_RETRY_MIN_MS;
+    loop {
+        let what = format!("{cmd:?}");
+        let out = tokio::time::timeout(
+            Duration::from_secs(PROPOSE_TIMEOUT_S),
+            engine.propose(cmd.clone()),
+        )
+        .await;
+        let why = match out {
+            Ok(Ok(Ok(_))) => return Ok(()),
+            Ok(Ok(Err(reason))) if fatal => {
+                return Err(anyhow!("the group refused this member: {reason}"))
+            }
+            Ok(Ok(Err(reason))) => {
+                tracing::debug!("refused: {what}: {reason}");
+                return Ok(());
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no decision within {PROPOSE_TIMEOUT_S} s"),
+        };
+        tracing::warn!("{what}: {why}; retrying in {pause_ms} ms");
+        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+        pause_ms = (pause_ms * 2).min(STARTED_RETRY_MAX_MS);
     }
 }
 
