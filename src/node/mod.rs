@@ -9,6 +9,7 @@
 
 pub mod control;
 mod control_server;
+mod copy_state;
 mod dirty;
 pub mod fence;
 mod founding;
@@ -464,7 +465,7 @@ async fn report_sync(
         else {
             continue;
         };
-        let rep = report::sync_report(&c);
+        let rep = copy_state::sync_report(&c, domain.mode);
         let prev = reported.get(&c.name).copied().unwrap_or(pair.sync);
         if rep == prev || (rep.state == prev.state && !periodic) {
             continue;
