@@ -54,6 +54,9 @@ pub struct NodeOptions {
     pub engine: EngineKind,
     /// A member silent for longer is declared failed by the leader.
     pub fail_timeout_ms: u64,
+    /// A production host without quorum for longer refuses writes
+    /// ([`fence::NO_QUORUM_GRACE_MS`] by default).
+    pub no_quorum_grace_ms: u64,
 }
 
 /// Time allowed for a proposal (elections included).
@@ -189,7 +192,7 @@ pub async fn run(
     }
 
     let mut roles = Roles::new(me, domain.clone(), disks.clone(), opts.engine);
-    let fence = QuorumFence::new(Duration::from_millis(fence::NO_QUORUM_GRACE_MS));
+    let fence = QuorumFence::new(Duration::from_millis(opts.no_quorum_grace_ms));
     roles.set_fence(fence.gate());
     if let Some(m) = observer.metrics() {
         roles.set_write_metrics(m.writes());
@@ -311,16 +314,17 @@ pub async fn run(
             }
             _ = tick.tick() => {
                 let m = engine.metrics();
-                {
+                let writes_fenced = {
                     let mut l = local.lock().unwrap_or_else(|p| p.into_inner());
                     l.leader = m.leader.and_then(MemberId::from_node_id);
                     l.quorum = m.has_quorum;
                     l.voters = m.voters.len();
                     l.copies = roles.copy_stats();
-                }
+                    l.writes_fenced.is_some()
+                };
                 *links.lock().unwrap_or_else(|p| p.into_inner()) = roles.copy_links();
                 let copies = roles.copy_stats();
-                observer.on_tick(&control.report(), &copies, roles.nbd_connections());
+                observer.on_tick(&control.report(), &copies, roles.nbd_connections(), writes_fenced);
                 // Without quorum nothing can be committed: a proposal would
                 // only hold this loop (status, state changes) for its timeout.
                 if !m.has_quorum {

@@ -87,10 +87,18 @@ impl Observer {
     /// The tick: quorum, rates and lag as the status report shows them now.
     /// On the production host `copies` are its links' live figures; the
     /// resync byte counter grows by what each link copied since the last tick.
-    pub fn on_tick(&mut self, report: &StatusReport, copies: &[CopyStats], nbd_connections: u64) {
+    /// `writes_fenced`: whether the quorum fence refuses writes now.
+    pub fn on_tick(
+        &mut self,
+        report: &StatusReport,
+        copies: &[CopyStats],
+        nbd_connections: u64,
+        writes_fenced: bool,
+    ) {
         let Some(m) = &self.metrics else { return };
         m.record_status(report);
         m.set_nbd_connections(nbd_connections);
+        m.set_writes_fenced(writes_fenced);
         for c in copies {
             let Some(pair) = report.mirroring.iter().find(|p| p.to == c.name) else {
                 continue;

@@ -39,6 +39,8 @@ pub struct Cluster {
     starts: BTreeMap<String, usize>,
     /// Command prefix for `up` (e.g. `ip netns exec gm1`), per member.
     pub wrap: BTreeMap<String, Vec<String>>,
+    /// Extra `up` arguments for every member (e.g. `--no-quorum-grace-ms`).
+    pub up_extra: Vec<String>,
 }
 
 impl Cluster {
@@ -53,6 +55,7 @@ impl Cluster {
             procs: BTreeMap::new(),
             starts: BTreeMap::new(),
             wrap: BTreeMap::new(),
+            up_extra: Vec::new(),
         };
         for i in 0..c.spec.sites.len() {
             c.format_site(i);
@@ -116,6 +119,9 @@ impl Cluster {
                 "\n[[member]]\nname = \"{}\"\naddress = \"{}\"\n",
                 m.name, m.address
             );
+            if let Some(metrics) = &m.metrics {
+                let _ = writeln!(t, "metrics = \"{metrics}\"");
+            }
             if let Some(site) = m.site {
                 let _ = writeln!(t, "disks = [\"{}\"]", self.disk(site).display());
                 if site == 0 {
@@ -143,6 +149,37 @@ impl Cluster {
             "--fail-timeout-ms".into(),
             FAIL_TIMEOUT_MS.to_string(),
         ]
+        .into_iter()
+        .chain(self.up_extra.iter().cloned())
+        .collect()
+    }
+
+    /// The answer to `GET /metrics` (HTTP/1.0: never chunked) from `member`'s endpoint (it must have one).
+    pub fn scrape(&self, member: &str) -> String {
+        use std::io::{Read, Write};
+        let addr = self
+            .spec
+            .members
+            .iter()
+            .find(|m| m.name == member)
+            .and_then(|m| m.metrics.clone())
+            .unwrap_or_else(|| panic!("{member} has no metrics endpoint"));
+        let mut s = std::net::TcpStream::connect(&addr).expect("connect to the metrics endpoint");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("read timeout");
+        write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("send the request");
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("read the answer");
+        text
+    }
+
+    /// The value of the unlabelled gauge `name` on `member`'s metrics page.
+    pub fn gauge(&self, member: &str, name: &str) -> Option<f64> {
+        self.scrape(member).lines().find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
     }
 
     /// Starts `member` (not waiting for anything).
