@@ -18,6 +18,7 @@ mod mux;
 pub mod observe;
 mod probe;
 pub mod report;
+mod resync_log;
 mod roles;
 pub mod status;
 pub mod verify;

@@ -182,6 +182,18 @@ impl Cluster {
         })
     }
 
+    /// The values of every series of `name` (any labels) on `member`'s page.
+    pub fn series(&self, member: &str, name: &str) -> Vec<f64> {
+        self.scrape(member)
+            .lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+            })
+            .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.trim().parse().ok()))
+            .collect()
+    }
+
     /// Starts `member` (not waiting for anything).
     pub fn spawn(&mut self, member: &str) {
         let n = self.starts.entry(member.into()).or_default();
