@@ -98,6 +98,15 @@ fn member_still_joining_stops_cleanly_on_sigterm() {
         c.assert_running("b1");
         std::fs::read_to_string(&log).is_ok_and(|t| t.contains("not in the group yet"))
     });
+    // Status answers meanwhile, and says what b1 waits for.
+    let s = c.status("b1").expect("a joining member answers status");
+    assert!(
+        s.warnings
+            .iter()
+            .any(|w| w.starts_with("not in the group yet") && w.contains("a1")),
+        "{:?}",
+        s.warnings
+    );
     c.stop("b1");
     drop(mute);
 }

@@ -123,12 +123,13 @@ async fn probe_all(
 }
 
 /// Join the engine's membership or found the group; returns whether this
-/// member founded it. Retries until it is in; the caller bounds it with
-/// its shutdown signal.
+/// member founded it. Retries until it is in, telling `waiting` why after
+/// each round; the caller bounds it with its shutdown signal.
 pub async fn enter_group(
     engine: &Arc<Engine<GroupState>>,
     domain: &RecoveryDomain,
     me: MemberId,
+    waiting: impl Fn(&str),
 ) -> anyhow::Result<bool> {
     let mut peers = BTreeMap::new();
     for (i, m) in domain.members.iter().enumerate() {
@@ -182,6 +183,7 @@ pub async fn enter_group(
             }
             Decision::Wait(why) => why,
         };
+        waiting(&reason);
         if reason != said.0 || said.1.elapsed() >= Duration::from_millis(LOG_EVERY_MS) {
             tracing::info!("not in the group yet: {reason}; asking again");
             said = (reason, Instant::now());

@@ -129,14 +129,35 @@ pub async fn run(
     let initial = engine.state().borrow().clone();
     let mut observer = Observer::start(me, &member, initial)?;
     let was_voter = engine.is_member();
+    // Status answers from here on, while this member joins or waits for a
+    // majority too (its report then says there is no quorum).
+    let local = Arc::new(Mutex::new(LocalView::default()));
+    let links = Arc::new(Mutex::new(Vec::new()));
+    let control = ControlContext {
+        domain: domain.clone(),
+        me,
+        state: engine.state(),
+        local: local.clone(),
+        bus: observer.bus(),
+        links: links.clone(),
+        verifying: Arc::default(),
+    };
+    let control_task = tokio::spawn(control_loop(routes.control, control.clone()));
+    let set_joining = |why: Option<&str>| {
+        local.lock().unwrap_or_else(|p| p.into_inner()).joining = why.map(str::to_owned);
+    };
+    if !was_voter {
+        set_joining(Some("looking for the group's members"));
+    }
     tokio::pin!(shutdown);
     // Every phase before serving reacts to SIGTERM/SIGINT: a member whose
     // peers are all down must still stop when asked.
     let bootstrapped = tokio::select! {
-        r = founding::enter_group(&engine, &domain, me) => r?,
+        r = founding::enter_group(&engine, &domain, me, |why| set_joining(Some(why))) => r?,
         _ = &mut shutdown => {
             tracing::info!("stopping before this member entered the group");
             let _ = engine.shutdown().await;
+            control_task.abort();
             mux_task.abort();
             return Ok(());
         }
@@ -154,6 +175,7 @@ pub async fn run(
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             _ = &mut shutdown => {
                 let _ = engine.shutdown().await;
+                control_task.abort();
                 mux_task.abort();
                 return Ok(());
             }
@@ -183,14 +205,20 @@ pub async fn run(
             .await;
         }
     };
+    if !was_voter {
+        set_joining(Some("waiting for the group's leader and state"));
+    }
     tokio::select! {
         _ = settle => {}
         _ = &mut shutdown => {
             let _ = engine.shutdown().await;
+            control_task.abort();
             mux_task.abort();
             return Ok(());
         }
     }
+
+    set_joining(None);
 
     let mut roles = Roles::new(me, domain.clone(), disks.clone(), opts.engine);
     let fence = QuorumFence::new(Duration::from_millis(opts.no_quorum_grace_ms));
@@ -199,18 +227,6 @@ pub async fn run(
         roles.set_write_metrics(m.writes());
     }
     let repl_task = roles.route_replication(routes.replication);
-    let local = Arc::new(Mutex::new(LocalView::default()));
-    let links = Arc::new(Mutex::new(Vec::new()));
-    let control = ControlContext {
-        domain: domain.clone(),
-        me,
-        state: state_rx.clone(),
-        local: local.clone(),
-        bus: observer.bus(),
-        links: links.clone(),
-        verifying: Arc::default(),
-    };
-    let control_task = tokio::spawn(control_loop(routes.control, control.clone()));
     let fence = FenceWatch {
         fence: Arc::new(Mutex::new(fence)),
         engine: engine.clone(),

@@ -19,7 +19,13 @@ pub struct LocalView {
     pub copies: Vec<CopyStats>,
     /// Why this production host refuses writes, while it does (quorum fence).
     pub writes_fenced: Option<String>,
+    /// What this member waits for, while it starts without being a voter
+    /// of the group yet (joining, founding, its first leader).
+    pub joining: Option<String>,
 }
+
+/// How a member that is still entering the group starts its status warning.
+pub const JOINING_WARNING: &str = "not in the group yet";
 
 pub fn build(
     domain: &RecoveryDomain,
@@ -34,6 +40,9 @@ pub fn build(
             .unwrap_or_else(|| format!("#{}", id.0))
     };
     let mut warnings = Vec::new();
+    if let Some(why) = &local.joining {
+        warnings.push(format!("{JOINING_WARNING}: {why}"));
+    }
     if local.voters == 2 {
         warnings.push(
             "only two voting members: if either is lost the group can decide nothing (Raft needs a majority); add a witness member (no disks)".into(),

@@ -227,13 +227,19 @@ impl Cluster {
         self.procs.insert(member.into(), proc);
     }
 
-    /// Starts `member` and waits until it answers `status`.
+    /// Starts `member` and waits until it answers `status` as a voter of
+    /// the group (no longer joining it; a restarted voter may still wait
+    /// for a majority).
     pub fn start(&mut self, member: &str) {
         self.spawn(member);
         let who = member.to_string();
         common::wait_until(&format!("{member} answers status"), SETTLE, || {
             self.assert_running(&who);
-            self.status(&who).is_some()
+            self.status(&who).is_some_and(|s| {
+                !s.warnings
+                    .iter()
+                    .any(|w| w.starts_with(geomirror::node::report::JOINING_WARNING))
+            })
         });
     }
 
