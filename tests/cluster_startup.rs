@@ -70,6 +70,26 @@ fn members_started_at_the_same_moment_form_one_group() {
 }
 
 #[test]
+fn five_members_started_at_the_same_moment_form_one_group() {
+    if !common::require(&["nbdsh"]) {
+        return;
+    }
+    let members = [
+        ("a1", Some(0)),
+        ("a2", Some(0)),
+        ("b1", Some(1)),
+        ("b2", Some(1)),
+        ("w1", None),
+    ];
+    let order = ["b2", "w1", "a2", "b1", "a1"];
+    let mut c = Cluster::new(Spec::new("sync", 2, "32M", &members));
+    for m in order {
+        c.spawn(m);
+    }
+    assert_one_group_mirroring(&mut c, &order);
+}
+
+#[test]
 fn members_started_in_reverse_order_with_delays_form_one_group() {
     if !common::require(&["nbdsh"]) {
         return;

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::obs::progress::LogProgress;
 use crate::replication::CopyStats;
+use crate::units::format_size;
 
 /// Least time between two progress lines of one resync.
 pub const RESYNC_LOG_INTERVAL_MS: u64 = 5_000;
@@ -24,6 +25,8 @@ struct Followed {
 #[derive(Debug, Default)]
 pub struct ResyncLog {
     followed: BTreeMap<String, Followed>,
+    /// Resynced bytes each link showed at the last tick.
+    seen: BTreeMap<String, u64>,
 }
 
 impl ResyncLog {
@@ -44,7 +47,18 @@ impl ResyncLog {
                     self.followed
                         .insert(c.name.clone(), Followed { log, total_bytes });
                 }
-                None => {}
+                // A short resync can start and end between two ticks: its
+                // count moved while nothing was ever seen left to do.
+                None => {
+                    let before = self.seen.get(&c.name).copied().unwrap_or(0);
+                    if c.resynced_bytes != before && c.resynced_bytes > 0 {
+                        lines.push(format!(
+                            "resync to {}: done, {} copied (between two progress checks)",
+                            c.name,
+                            format_size(c.resynced_bytes)
+                        ));
+                    }
+                }
                 Some(f) if left == 0 => {
                     f.log.set_total(f.total_bytes);
                     let _ = f.log.set_at(f.total_bytes, now);
@@ -60,8 +74,13 @@ impl ResyncLog {
                 }
             }
         }
+        for c in copies {
+            self.seen.insert(c.name.clone(), c.resynced_bytes);
+        }
         // A link that went away (mirroring stopped) ends its resync silently.
         self.followed
+            .retain(|name, _| copies.iter().any(|c| &c.name == name));
+        self.seen
             .retain(|name, _| copies.iter().any(|c| &c.name == name));
         lines
     }
@@ -121,6 +140,23 @@ mod tests {
         );
         // Idle afterwards.
         assert!(r.tick(&[link(100 * MIB, 0)], s(20_000)).is_empty());
+    }
+
+    #[test]
+    fn a_resync_over_between_two_ticks_still_gets_its_line() {
+        let t0 = Instant::now();
+        let mut r = ResyncLog::default();
+        assert!(r.tick(&[link(0, 0)], t0).is_empty());
+        let l = r.tick(&[link(48 * MIB, 0)], t0 + Duration::from_millis(500));
+        assert_eq!(l.len(), 1);
+        assert!(
+            l[0].contains("resync to b1: done, 48.0 MiB copied"),
+            "{l:?}"
+        );
+        // Said once.
+        assert!(r
+            .tick(&[link(48 * MIB, 0)], t0 + Duration::from_secs(1))
+            .is_empty());
     }
 
     #[test]
