@@ -43,9 +43,12 @@ fn production_without_quorum_refuses_writes_until_the_majority_returns() {
         "16M",
         &[("a1", Some(0)), ("b1", Some(1)), ("w1", None)],
     );
-    let mut c = Cluster::new(spec);
+    let mut c = Cluster::new(spec.with_metrics("a1"));
+    // The grace is a flag of `up`; the fence's reason quotes it.
+    c.up_extra = vec!["--no-quorum-grace-ms".into(), "1500".into()];
     c.start_all(&["a1", "b1", "w1"]);
     c.wait_synced("a1");
+    assert_eq!(c.gauge("a1", "geomirror_writes_fenced"), Some(0.0));
     let uri = c.nbd_uri("a1");
     nbd_write_pattern(&uri, 0, 65536, 1);
     let events_log = c.dir.path().join("a1.events");
@@ -68,6 +71,19 @@ fn production_without_quorum_refuses_writes_until_the_majority_returns() {
     // Reads change nothing and are still answered.
     nbd_check_pattern(&uri, 0, 65536, 1);
     wait_event(&events_log, "\"kind\":\"writes-fenced\"");
+    assert!(
+        s.warnings.iter().any(|w| w.contains("more than 1500 ms")),
+        "the grace given to up: {:?}",
+        s.warnings
+    );
+    common::wait_until("the fenced gauge", cluster_support::SETTLE, || {
+        c.gauge("a1", "geomirror_writes_fenced") == Some(1.0)
+    });
+    // A subscriber arriving after the fence learns of it from its snapshot.
+    let late_log = c.dir.path().join("a1.late.events");
+    let late = follow_events(&c, "a1", &late_log);
+    wait_event(&late_log, "\"kind\":\"writes-fenced\"");
+    drop(late);
 
     // The majority returns and a1 still hosts production: writes resume.
     c.start("w1");
@@ -80,6 +96,11 @@ fn production_without_quorum_refuses_writes_until_the_majority_returns() {
     nbd_write_pattern(&uri, 0, 65536, 2);
     nbd_check_pattern(&uri, 0, 65536, 2);
     wait_event(&events_log, "\"kind\":\"writes-resumed\"");
+    common::wait_until(
+        "the fenced gauge back to 0",
+        cluster_support::SETTLE,
+        || c.gauge("a1", "geomirror_writes_fenced") == Some(0.0),
+    );
     c.wait_synced("a1");
     c.stop_all();
     c.assert_identical(1);

@@ -175,7 +175,7 @@ fn new_copy_disk_joining_a_volume_with_data_is_fully_synced() {
     if !common::require(&["fio"]) {
         return;
     }
-    let mut c = Cluster::new(Spec::payroll("sync", "64M"));
+    let mut c = Cluster::new(Spec::payroll("sync", "64M").with_metrics("a1"));
     c.start_all(&["a1", "w1"]);
     run_ok(&mut fio_verified(&c.nbd_uri("a1"), "48M", &[]));
     c.start("b1");
@@ -183,6 +183,25 @@ fn new_copy_disk_joining_a_volume_with_data_is_fully_synced() {
     assert_eq!(host_of(&s, "payroll-dr"), Some("b1"));
     let r = copy_report(&c, "a1", "payroll-dr");
     assert!(r.resynced_bytes > 0, "nothing was synced: {r:?}");
+    // A finished resync has no rate, in status and on the metrics page.
+    assert_eq!((r.rate_bytes_per_s, r.eta_s), (0.0, None), "{r:?}");
+    common::wait_until(
+        "the resync rate gauge at 0",
+        cluster_support::SETTLE,
+        || {
+            let rates = c.series("a1", "geomirror_resync_rate_bytes_per_second");
+            !rates.is_empty() && rates.iter().all(|v| *v == 0.0)
+        },
+    );
+    // The production host logged the resync's end (with its start and
+    // progress when it lasted longer than one look at the links).
+    let log = std::fs::read_to_string(c.dir.path().join("a1.1.log")).expect("a1's log");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("resync to b1: 100.0%") && l.contains("done in"))
+            || log.contains("resync to b1: done, "),
+        "{log}"
+    );
     c.stop_all();
     c.assert_identical(1);
 }

@@ -18,6 +18,7 @@ mod error;
 pub mod frame;
 mod membership;
 mod network;
+mod rendezvous;
 mod routing;
 mod server;
 mod snapshot;
@@ -39,6 +40,7 @@ use tokio::task::JoinHandle;
 pub use config::EngineConfig;
 pub use error::EngineError;
 pub use membership::COMMAND_BYTES_MAX;
+pub use rendezvous::{PeerPhase, Probe};
 pub use server::{CONNECTIONS_MAX, ENGINE_MAGIC};
 pub use snapshot::SNAPSHOT_BYTES_MAX;
 pub use status::EngineMetrics;
@@ -145,6 +147,7 @@ impl<S: Replicated> Engine<S> {
             auth,
             membership_timeout: cfg.membership_timeout(),
             last_leader_contact: Mutex::new(None),
+            founding: std::sync::atomic::AtomicBool::new(false),
         });
         let server = tokio::spawn(server::serve(incoming, ctx.clone()));
         let leader_since = Arc::new(Mutex::new(None));

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use crate::config::RecoveryDomain;
 use crate::group::state::GroupState;
 use crate::group::MemberId;
-use crate::obs::{serve_events, EventBus};
+use crate::obs::{serve_events, Event, EventBus, EventLine};
 use crate::replication::CopyLink;
 
 use super::control::{self, Request};
@@ -104,7 +104,21 @@ async fn answer(ctx: &ControlContext, req: Request, mut s: TcpStream) -> anyhow:
         Request::Events => {
             let rx = ctx.bus.subscribe()?;
             let st = ctx.state.borrow().clone();
-            let initial = super::observe::snapshot_lines(&st);
+            let mut initial = super::observe::snapshot_lines(&st);
+            // The fence is this member's own state, not the group's: a late
+            // subscriber learns of one already in force from the snapshot.
+            let fenced = ctx
+                .local
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .writes_fenced
+                .clone();
+            if let Some(reason) = fenced {
+                initial.push(EventLine::now(Event::WritesFenced {
+                    member: ctx.member_name(),
+                    reason,
+                }));
+            }
             serve_events(s, &initial, rx).await?;
         }
         Request::Verify => {

@@ -9,13 +9,17 @@
 
 pub mod control;
 mod control_server;
+mod copy_state;
 mod dirty;
 pub mod fence;
+mod founding;
 mod metered;
 mod mux;
 pub mod observe;
 mod probe;
+mod proposals;
 pub mod report;
+mod resync_log;
 mod roles;
 pub mod status;
 pub mod verify;
@@ -27,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use crate::config::RecoveryDomain;
 use crate::group::engine::{Engine, EngineConfig};
@@ -40,6 +44,7 @@ use control_server::{control_loop, ControlContext};
 use fence::{FenceWatch, QuorumFence};
 use observe::Observer;
 pub use probe::ProbeError;
+use proposals::{engine_key, propose, propose_until_decided, report_sync};
 use report::LocalView;
 use roles::Roles;
 
@@ -52,10 +57,11 @@ pub struct NodeOptions {
     pub engine: EngineKind,
     /// A member silent for longer is declared failed by the leader.
     pub fail_timeout_ms: u64,
+    /// A production host without quorum for longer refuses writes
+    /// ([`fence::NO_QUORUM_GRACE_MS`] by default).
+    pub no_quorum_grace_ms: u64,
 }
 
-/// Time allowed for a proposal (elections included).
-const PROPOSE_TIMEOUT_S: u64 = 15;
 /// Time a stopping member waits for its Leave to be decided.
 const LEAVE_TIMEOUT_S: u64 = 5;
 
@@ -120,11 +126,44 @@ pub async fn run(
     let initial = engine.state().borrow().clone();
     let mut observer = Observer::start(me, &member, initial)?;
     let was_voter = engine.is_member();
-    let bootstrapped = enter_group(&engine, &peers, &opts.state_dir).await?;
+    // Status answers from here on, while this member joins or waits for a
+    // majority too (its report then says there is no quorum).
+    let local = Arc::new(Mutex::new(LocalView::default()));
+    let links = Arc::new(Mutex::new(Vec::new()));
+    let control = ControlContext {
+        domain: domain.clone(),
+        me,
+        state: engine.state(),
+        local: local.clone(),
+        bus: observer.bus(),
+        links: links.clone(),
+        verifying: Arc::default(),
+    };
+    let control_task = tokio::spawn(control_loop(routes.control, control.clone()));
+    let set_joining = |why: Option<&str>| {
+        local.lock().unwrap_or_else(|p| p.into_inner()).joining = why.map(str::to_owned);
+    };
+    if !was_voter {
+        set_joining(Some("looking for the group's members"));
+    }
     tokio::pin!(shutdown);
+    // Every phase before serving reacts to SIGTERM/SIGINT: a member whose
+    // peers are all down must still stop when asked.
+    let bootstrapped = tokio::select! {
+        r = founding::enter_group(&engine, &domain, me, |why| set_joining(Some(why))) => r?,
+        _ = &mut shutdown => {
+            tracing::info!("stopping before this member entered the group");
+            let _ = engine.shutdown().await;
+            control_task.abort();
+            mux_task.abort();
+            return Ok(());
+        }
+    };
     // Nothing can be decided without a leader (a majority of the voters).
     let mut waited = Instant::now();
-    while engine.leader().is_none() {
+    // After a restart the engine names the leader of its last term until an
+    // election says otherwise: wait for one that is actually in contact.
+    while engine.leader().is_none() || !engine.metrics().has_quorum {
         if waited.elapsed() > Duration::from_secs(5) {
             tracing::warn!("waiting for a majority of the group's voters to elect a leader");
             waited = Instant::now();
@@ -133,53 +172,58 @@ pub async fn run(
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             _ = &mut shutdown => {
                 let _ = engine.shutdown().await;
+                control_task.abort();
                 mux_task.abort();
                 return Ok(());
             }
         }
     }
-    // Event::Started wants the replica caught up with the committed log.
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            let m = engine.metrics();
-            if m.last_applied_index >= Some(m.last_log_index.unwrap_or(0))
-                || m.last_log_index.is_none()
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
     let mut state_rx = engine.state();
-    if !bootstrapped {
-        // Block 72: a later member receives the group state from the others.
-        let _ = tokio::time::timeout(
-            Duration::from_secs(10),
-            state_rx.wait_for(|s| s.is_configured()),
-        )
+    let settle = async {
+        // Event::Started wants the replica caught up with the committed log.
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let m = engine.metrics();
+                if m.last_applied_index >= Some(m.last_log_index.unwrap_or(0))
+                    || m.last_log_index.is_none()
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
         .await;
+        if !bootstrapped {
+            // Block 72: a later member receives the group state from the others.
+            let _ = tokio::time::timeout(
+                Duration::from_secs(10),
+                state_rx.wait_for(|s| s.is_configured()),
+            )
+            .await;
+        }
+    };
+    if !was_voter {
+        set_joining(Some("waiting for the group's leader and state"));
+    }
+    tokio::select! {
+        _ = settle => {}
+        _ = &mut shutdown => {
+            let _ = engine.shutdown().await;
+            control_task.abort();
+            mux_task.abort();
+            return Ok(());
+        }
     }
 
+    set_joining(None);
+
     let mut roles = Roles::new(me, domain.clone(), disks.clone(), opts.engine);
-    let fence = QuorumFence::new(Duration::from_millis(fence::NO_QUORUM_GRACE_MS));
+    let fence = QuorumFence::new(Duration::from_millis(opts.no_quorum_grace_ms));
     roles.set_fence(fence.gate());
     if let Some(m) = observer.metrics() {
         roles.set_write_metrics(m.writes());
     }
     let repl_task = roles.route_replication(routes.replication);
-    let local = Arc::new(Mutex::new(LocalView::default()));
-    let links = Arc::new(Mutex::new(Vec::new()));
-    let control = ControlContext {
-        domain: domain.clone(),
-        me,
-        state: state_rx.clone(),
-        local: local.clone(),
-        bus: observer.bus(),
-        links: links.clone(),
-        verifying: Arc::default(),
-    };
-    let control_task = tokio::spawn(control_loop(routes.control, control.clone()));
     let fence = FenceWatch {
         fence: Arc::new(Mutex::new(fence)),
         engine: engine.clone(),
@@ -197,12 +241,20 @@ pub async fn run(
         domain: DomainSpec::from(&*domain),
     };
     let state = state_rx.borrow_and_update().clone();
+    let mut stop_early = false;
     for action in join::step(&state, me, started) {
         if let Action::Propose(cmd) = action {
             // Only a refused Join keeps this member out (wrong recovery
             // domain, unknown resource): say why and stop.
             let fatal = matches!(cmd, GroupCommand::Join { .. });
-            if let Err(e) = propose(&engine, cmd, fatal).await {
+            let proposed = tokio::select! {
+                r = propose_until_decided(&engine, cmd, fatal) => r,
+                _ = &mut shutdown => {
+                    stop_early = true;
+                    break;
+                }
+            };
+            if let Err(e) = proposed {
                 // A member refused right after it became a voter takes its
                 // vote back: left behind, a dead voter would cost the group
                 // its tolerance of one more failure.
@@ -222,6 +274,10 @@ pub async fn run(
     let mut reported: BTreeMap<String, crate::group::SyncReport> = BTreeMap::new();
     let mut state_changed = true;
     loop {
+        // SIGTERM while the Started proposals were pending: straight to the leave.
+        if stop_early {
+            break;
+        }
         if state_changed {
             state_changed = false;
             let state = state_rx.borrow_and_update().clone();
@@ -272,16 +328,17 @@ pub async fn run(
             }
             _ = tick.tick() => {
                 let m = engine.metrics();
-                {
+                let writes_fenced = {
                     let mut l = local.lock().unwrap_or_else(|p| p.into_inner());
                     l.leader = m.leader.and_then(MemberId::from_node_id);
                     l.quorum = m.has_quorum;
                     l.voters = m.voters.len();
                     l.copies = roles.copy_stats();
-                }
+                    l.writes_fenced.is_some()
+                };
                 *links.lock().unwrap_or_else(|p| p.into_inner()) = roles.copy_links();
                 let copies = roles.copy_stats();
-                observer.on_tick(&control.report(), &copies, roles.nbd_connections());
+                observer.on_tick(&control.report(), &copies, roles.nbd_connections(), writes_fenced);
                 // Without quorum nothing can be committed: a proposal would
                 // only hold this loop (status, state changes) for its timeout.
                 if !m.has_quorum {
@@ -338,121 +395,4 @@ pub async fn run(
     repl_task.abort();
     mux_task.abort();
     Ok(())
-}
-
-/// Join the engine's membership through a reachable member, or found the
-/// group when none answers (block 72: the first member uses its own copy of
-/// the group state). Returns whether this member founded it.
-async fn enter_group(
-    engine: &Engine<GroupState>,
-    peers: &BTreeMap<u64, SocketAddr>,
-    state_dir: &std::path::Path,
-) -> anyhow::Result<bool> {
-    if engine.is_member() {
-        return Ok(false);
-    }
-    let mut reachable = Vec::new();
-    for addr in peers.values() {
-        if let Ok(Ok(_)) =
-            tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(addr)).await
-        {
-            reachable.push(*addr);
-        }
-    }
-    if reachable.is_empty() {
-        if engine.is_initialized().await {
-            bail!(
-                "this member was removed from the group and no other member is reachable; \
-                 start another member first, or remove {} to found a new group",
-                state_dir.display()
-            );
-        }
-        tracing::info!("no other member reachable: founding the group");
-        engine.bootstrap().await.context("found the group")?;
-        return Ok(true);
-    }
-    let mut last = None;
-    for attempt in 0..5 {
-        match engine.join_via(&reachable).await {
-            Ok(()) => return Ok(false),
-            Err(e) => {
-                tracing::warn!(attempt, "join through {reachable:?}: {e}");
-                last = Some(e);
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    }
-    Err(anyhow!(
-        "could not join the group through {reachable:?}: {}",
-        last.map(|e| e.to_string()).unwrap_or_default()
-    ))
-}
-
-/// The engine's HMAC key, derived from the recovery domain's secret (any
-/// length a person chose) so the key itself is always 32 bytes.
-fn engine_key(secret: &str) -> Vec<u8> {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(b"geomirror group engine key\0");
-    h.update(secret.as_bytes());
-    h.finalize().to_vec()
-}
-
-/// Propose `cmd`; a refusal by the group is an error when `fatal`.
-async fn propose(
-    engine: &Engine<GroupState>,
-    cmd: GroupCommand,
-    fatal: bool,
-) -> anyhow::Result<()> {
-    let what = format!("{cmd:?}");
-    let out = tokio::time::timeout(Duration::from_secs(PROPOSE_TIMEOUT_S), engine.propose(cmd))
-        .await
-        .map_err(|_| anyhow!("proposal timed out: {what}"))?
-        .with_context(|| format!("propose {what}"))?;
-    match out {
-        Ok(_) => Ok(()),
-        Err(reason) if fatal => Err(anyhow!("the group refused this member: {reason}")),
-        Err(reason) => {
-            tracing::debug!("refused: {what}: {reason}");
-            Ok(())
-        }
-    }
-}
-
-/// Replicate the copies' sync state when it changed (at most every 2 s for
-/// progress counters alone).
-async fn report_sync(
-    engine: &Engine<GroupState>,
-    state: &GroupState,
-    me: MemberId,
-    domain: &RecoveryDomain,
-    roles: &Roles,
-    reported: &mut BTreeMap<String, crate::group::SyncReport>,
-    last: &mut Instant,
-) {
-    let periodic = last.elapsed() >= Duration::from_secs(2);
-    for c in roles.copy_stats() {
-        let Some(pair) = state
-            .mirrors
-            .iter()
-            .find(|p| p.from == me && domain.member(p.to).is_some_and(|m| m.name == c.name))
-        else {
-            continue;
-        };
-        let rep = report::sync_report(&c);
-        let prev = reported.get(&c.name).copied().unwrap_or(pair.sync);
-        if rep == prev || (rep.state == prev.state && !periodic) {
-            continue;
-        }
-        let cmd = GroupCommand::SyncProgress {
-            member: me,
-            resource: pair.resource.clone(),
-            epoch: pair.epoch,
-            report: rep,
-        };
-        if propose(engine, cmd, false).await.is_ok() {
-            reported.insert(c.name.clone(), rep);
-            *last = Instant::now();
-        }
-    }
 }

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::Context;
 
@@ -15,6 +16,7 @@ use crate::group::{GroupState, MemberId};
 use crate::obs::{diff_events, snapshot_events, EventBus, EventLine, Metrics, MetricsHandle};
 use crate::replication::CopyStats;
 
+use super::resync_log::ResyncLog;
 use super::status::StatusReport;
 
 /// What this member exposes about itself.
@@ -25,6 +27,8 @@ pub struct Observer {
     last: Arc<GroupState>,
     /// Resynced bytes of each copy link already counted, by copy host name.
     resynced: BTreeMap<String, u64>,
+    /// Resync progress lines for the log.
+    resync_log: ResyncLog,
 }
 
 impl Observer {
@@ -50,6 +54,7 @@ impl Observer {
             bus: EventBus::default(),
             last: initial,
             resynced: BTreeMap::new(),
+            resync_log: ResyncLog::default(),
         };
         if let Some(m) = &o.metrics {
             m.record_state(&o.last, me);
@@ -84,13 +89,25 @@ impl Observer {
         self.last = state.clone();
     }
 
-    /// The tick: quorum, rates and lag as the status report shows them now.
+    /// The tick: quorum, rates and lag as the status report shows them now,
+    /// and resync progress in the log.
     /// On the production host `copies` are its links' live figures; the
     /// resync byte counter grows by what each link copied since the last tick.
-    pub fn on_tick(&mut self, report: &StatusReport, copies: &[CopyStats], nbd_connections: u64) {
+    /// `writes_fenced`: whether the quorum fence refuses writes now.
+    pub fn on_tick(
+        &mut self,
+        report: &StatusReport,
+        copies: &[CopyStats],
+        nbd_connections: u64,
+        writes_fenced: bool,
+    ) {
+        for line in self.resync_log.tick(copies, Instant::now()) {
+            tracing::info!("{line}");
+        }
         let Some(m) = &self.metrics else { return };
         m.record_status(report);
         m.set_nbd_connections(nbd_connections);
+        m.set_writes_fenced(writes_fenced);
         for c in copies {
             let Some(pair) = report.mirroring.iter().find(|p| p.to == c.name) else {
                 continue;

@@ -3,9 +3,10 @@
 
 use crate::config::RecoveryDomain;
 use crate::group::state::{GroupState, MemberStatus as GroupMemberStatus};
-use crate::group::{CopyState, MemberId};
+use crate::group::MemberId;
 use crate::replication::CopyStats;
 
+use super::copy_state::{copy_state_name, live_figures};
 use super::status::{MemberStatus, MirrorStatus, ResourceStatus, StatusReport};
 
 /// What this member knows beyond the replicated state.
@@ -18,7 +19,13 @@ pub struct LocalView {
     pub copies: Vec<CopyStats>,
     /// Why this production host refuses writes, while it does (quorum fence).
     pub writes_fenced: Option<String>,
+    /// What this member waits for, while it starts without being a voter
+    /// of the group yet (joining, founding, its first leader).
+    pub joining: Option<String>,
 }
+
+/// How a member that is still entering the group starts its status warning.
+pub const JOINING_WARNING: &str = "not in the group yet";
 
 pub fn build(
     domain: &RecoveryDomain,
@@ -33,6 +40,9 @@ pub fn build(
             .unwrap_or_else(|| format!("#{}", id.0))
     };
     let mut warnings = Vec::new();
+    if let Some(why) = &local.joining {
+        warnings.push(format!("{JOINING_WARNING}: {why}"));
+    }
     if local.voters == 2 {
         warnings.push(
             "only two voting members: if either is lost the group can decide nothing (Raft needs a majority); add a witness member (no disks)".into(),
@@ -109,13 +119,7 @@ pub fn build(
             r.eta_s = rep.eta_s.map(|s| s as f64);
             r.lag_s = rep.lag_ms as f64 / 1000.0;
             if let Some(c) = live {
-                r.state = link_state_name(c).into();
-                r.resynced_bytes = c.resynced_bytes;
-                r.bytes_to_go = c.resync_bytes_to_go;
-                r.rate_bytes_per_s = c.resync_rate_bytes_per_s;
-                r.eta_s = c.resync_eta_s;
-                r.lag_bytes = c.lag_bytes;
-                r.lag_s = c.lag_s;
+                live_figures(&mut r, c, domain.mode);
             }
             if r.state == "SplitBrain" {
                 warnings.push(format!(
@@ -163,76 +167,10 @@ pub fn build(
     }
 }
 
-/// The name status shows for a copy state reported through the group.
-pub fn copy_state_name(s: CopyState) -> &'static str {
-    match s {
-        CopyState::Unknown => "Unknown",
-        CopyState::Inconsistent | CopyState::Resyncing => "Inconsistent",
-        CopyState::UpToDate => "UpToDate",
-        CopyState::Lagging => "Lagging",
-        CopyState::SplitBrain => "SplitBrain",
-        CopyState::Failed => "Disconnected",
-    }
-}
-
-fn link_state_name(c: &CopyStats) -> &'static str {
-    use crate::replication::LinkState;
-    match c.state {
-        LinkState::Disconnected => "Disconnected",
-        LinkState::Inconsistent => "Inconsistent",
-        LinkState::UpToDate if c.lag_bytes > 0 => "Lagging",
-        LinkState::UpToDate => "UpToDate",
-        LinkState::SplitBrain => "SplitBrain",
-        LinkState::Refused => "Refused",
-        LinkState::Stopped => "Stopped",
-    }
-}
-
-/// The report the production host replicates for a copy link.
-pub fn sync_report(c: &CopyStats) -> crate::group::SyncReport {
-    use crate::replication::LinkState;
-    let state = match c.state {
-        LinkState::Disconnected | LinkState::Refused | LinkState::Stopped => CopyState::Failed,
-        LinkState::Inconsistent => CopyState::Resyncing,
-        LinkState::UpToDate if c.lag_bytes > 0 => CopyState::Lagging,
-        LinkState::UpToDate => CopyState::UpToDate,
-        LinkState::SplitBrain => CopyState::SplitBrain,
-    };
-    let resyncing = c.resync_bytes_to_go > 0;
-    crate::group::SyncReport {
-        state,
-        resynced_bytes: c.resynced_bytes,
-        bytes_to_go: c.resync_bytes_to_go,
-        lag_bytes: c.lag_bytes,
-        // Whole units are plenty for display and keep the report exact (Eq).
-        // A finished resync has no rate: the report then stops changing, so
-        // nothing more is replicated until something happens.
-        rate_bytes_per_s: if resyncing {
-            finite_u64(c.resync_rate_bytes_per_s)
-        } else {
-            0
-        },
-        eta_s: c
-            .resync_eta_s
-            .filter(|_| resyncing)
-            .map(|s| finite_u64(s.ceil())),
-        lag_ms: finite_u64(c.lag_s * 1000.0),
-    }
-}
-
-/// `v` rounded down to a u64; NaN and negatives are 0, huge values saturate.
-fn finite_u64(v: f64) -> u64 {
-    if v.is_finite() && v > 0.0 {
-        v as u64
-    } else {
-        0
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::group::{GroupCommand, ResourceId, SyncReport};
+    use crate::group::{CopyState, GroupCommand, ResourceId, SyncReport};
 
     const DOMAIN: &str = r#"
 group = "payroll"
@@ -363,38 +301,5 @@ address = "127.0.0.1:3"
             .iter()
             .any(|w| w.contains("writes fenced on a1: no quorum")));
         assert!(r.to_text().contains("Fenced"), "{}", r.to_text());
-    }
-
-    #[test]
-    fn the_replicated_report_of_a_finished_resync_carries_no_rate() {
-        use crate::replication::LinkState;
-        let mut c = CopyStats {
-            name: "b1".into(),
-            state: LinkState::UpToDate,
-            bytes_sent: 0,
-            bytes_acked: 0,
-            lag_bytes: 0,
-            lag_s: 0.0,
-            resynced_bytes: 8 << 20,
-            resync_chunks_skipped: 0,
-            resync_bytes_to_go: 0,
-            resync_rate_bytes_per_s: 123_456.7,
-            resync_eta_s: None,
-            sessions: 1,
-            last_error: None,
-        };
-        let done = sync_report(&c);
-        assert_eq!(
-            (done.state, done.rate_bytes_per_s, done.eta_s),
-            (CopyState::UpToDate, 0, None)
-        );
-        c.state = LinkState::Inconsistent;
-        c.resync_bytes_to_go = 1 << 20;
-        c.resync_eta_s = Some(f64::NAN);
-        let moving = sync_report(&c);
-        assert_eq!(
-            (moving.state, moving.rate_bytes_per_s, moving.eta_s),
-            (CopyState::Resyncing, 123_456, Some(0))
-        );
     }
 }

@@ -83,6 +83,7 @@ struct Inner {
     nbd_connections: Gauge,
     epoch: Gauge,
     quorum: Gauge,
+    writes_fenced: Gauge,
     roles: Mutex<BTreeMap<String, [Gauge; 3]>>,
     copies: Mutex<BTreeMap<String, CopyMetrics>>,
     members: Mutex<BTreeMap<String, Gauge>>,
@@ -121,6 +122,7 @@ impl MetricsHandle {
             nbd_connections: gauge(names::NBD_CONNECTIONS),
             epoch: gauge(names::EPOCH),
             quorum: gauge(names::QUORUM),
+            writes_fenced: gauge(names::WRITES_FENCED),
             recorder,
             listen,
             exporter,
@@ -165,6 +167,11 @@ impl MetricsHandle {
     /// Sets `geomirror_epoch`.
     pub fn set_epoch(&self, epoch: u64) {
         self.inner.epoch.set(epoch as f64);
+    }
+
+    /// Sets `geomirror_writes_fenced`.
+    pub fn set_writes_fenced(&self, fenced: bool) {
+        self.inner.writes_fenced.set(f64::from(u8::from(fenced)));
     }
 
     /// Sets `geomirror_quorum`.

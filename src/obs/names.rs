@@ -34,6 +34,9 @@ pub const EPOCH: &str = "geomirror_epoch";
 pub const QUORUM: &str = "geomirror_quorum";
 /// `geomirror_member_up{member}`: 1 when the member is joined.
 pub const MEMBER_UP: &str = "geomirror_member_up";
+/// `geomirror_writes_fenced`: 1 while this production host refuses writes
+/// because the group has had no quorum for longer than the grace period.
+pub const WRITES_FENCED: &str = "geomirror_writes_fenced";
 
 /// Label names.
 pub const LABEL_RESOURCE: &str = "resource";
@@ -61,7 +64,7 @@ enum Kind {
 }
 
 /// (name, kind, unit, help) of every metric.
-const CATALOGUE: [(&str, Kind, Unit, &str); 15] = [
+const CATALOGUE: [(&str, Kind, Unit, &str); 16] = [
     (
         ROLE,
         Kind::Gauge,
@@ -152,6 +155,12 @@ const CATALOGUE: [(&str, Kind, Unit, &str); 15] = [
         Kind::Gauge,
         Unit::Count,
         "1 when the member is joined to the group.",
+    ),
+    (
+        WRITES_FENCED,
+        Kind::Gauge,
+        Unit::Count,
+        "1 while this production host refuses writes (EIO): no quorum for longer than the grace period.",
     ),
 ];
 

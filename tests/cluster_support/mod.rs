@@ -13,6 +13,7 @@ use geomirror::node::status::StatusReport;
 use crate::common::{self, Proc};
 
 mod checks;
+mod metrics;
 mod mounts;
 mod spec;
 
@@ -39,6 +40,8 @@ pub struct Cluster {
     starts: BTreeMap<String, usize>,
     /// Command prefix for `up` (e.g. `ip netns exec gm1`), per member.
     pub wrap: BTreeMap<String, Vec<String>>,
+    /// Extra `up` arguments for every member (e.g. `--no-quorum-grace-ms`).
+    pub up_extra: Vec<String>,
 }
 
 impl Cluster {
@@ -53,6 +56,7 @@ impl Cluster {
             procs: BTreeMap::new(),
             starts: BTreeMap::new(),
             wrap: BTreeMap::new(),
+            up_extra: Vec::new(),
         };
         for i in 0..c.spec.sites.len() {
             c.format_site(i);
@@ -116,6 +120,9 @@ impl Cluster {
                 "\n[[member]]\nname = \"{}\"\naddress = \"{}\"\n",
                 m.name, m.address
             );
+            if let Some(metrics) = &m.metrics {
+                let _ = writeln!(t, "metrics = \"{metrics}\"");
+            }
             if let Some(site) = m.site {
                 let _ = writeln!(t, "disks = [\"{}\"]", self.disk(site).display());
                 if site == 0 {
@@ -143,6 +150,9 @@ impl Cluster {
             "--fail-timeout-ms".into(),
             FAIL_TIMEOUT_MS.to_string(),
         ]
+        .into_iter()
+        .chain(self.up_extra.iter().cloned())
+        .collect()
     }
 
     /// Starts `member` (not waiting for anything).
@@ -178,13 +188,19 @@ impl Cluster {
         self.procs.insert(member.into(), proc);
     }
 
-    /// Starts `member` and waits until it answers `status`.
+    /// Starts `member` and waits until it answers `status` as a voter of
+    /// the group (no longer joining it; a restarted voter may still wait
+    /// for a majority).
     pub fn start(&mut self, member: &str) {
         self.spawn(member);
         let who = member.to_string();
         common::wait_until(&format!("{member} answers status"), SETTLE, || {
             self.assert_running(&who);
-            self.status(&who).is_some()
+            self.status(&who).is_some_and(|s| {
+                !s.warnings
+                    .iter()
+                    .any(|w| w.starts_with(geomirror::node::report::JOINING_WARNING))
+            })
         });
     }
 

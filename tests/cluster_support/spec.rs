@@ -18,6 +18,8 @@ pub struct MemberSpec {
     pub site: Option<usize>,
     /// Engine and replication address, `HOST:PORT`.
     pub address: String,
+    /// Prometheus endpoint, `HOST:PORT` (none unless a test asks for one).
+    pub metrics: Option<String>,
 }
 
 /// The shape of a group to build.
@@ -52,9 +54,20 @@ impl Spec {
                     name: (*n).into(),
                     site: *s,
                     address: format!("127.0.0.1:{}", common::free_port()),
+                    metrics: None,
                 })
                 .collect(),
         }
+    }
+
+    /// Gives `member` a metrics endpoint on a free loopback port.
+    pub fn with_metrics(mut self, member: &str) -> Spec {
+        for m in &mut self.members {
+            if m.name == member {
+                m.metrics = Some(format!("127.0.0.1:{}", common::free_port()));
+            }
+        }
+        self
     }
 
     /// The usual group: prod {a1, a2}, dr {b1}, witness w1.

@@ -29,6 +29,8 @@ pub(crate) struct ServerCtx<S: Replicated> {
     pub(crate) membership_timeout: Duration,
     /// When a leader last reached us with AppendEntries or a snapshot chunk.
     pub(crate) last_leader_contact: Mutex<Option<Instant>>,
+    /// Set while this member is about to found the group (`rendezvous`).
+    pub(crate) founding: std::sync::atomic::AtomicBool,
 }
 
 /// First bytes of an engine connection: a member's one address also
@@ -165,5 +167,6 @@ async fn dispatch<S: Replicated>(ctx: &ServerCtx<S>, req: Request<S>) -> Respons
         Request::RemoveMember { id } => Response::Membership(
             membership::remove_member(&ctx.raft, id, ctx.membership_timeout).await,
         ),
+        Request::Phase => Response::Phase(super::rendezvous::own_phase(ctx).await),
     }
 }

@@ -38,6 +38,9 @@ pub(crate) enum Request<S: Replicated> {
         /// The member's id.
         id: NodeId,
     },
+    /// Where the answering member stands in the group's founding (see
+    /// `super::rendezvous`). Last, so older variants keep their tags.
+    Phase,
 }
 
 /// Why a remote member could not serve a request.
@@ -68,4 +71,6 @@ pub(crate) enum Response<S: Replicated> {
     Proposed(Result<S::Outcome, Fault>),
     /// Answer to [`Request::AddMember`] and [`Request::RemoveMember`].
     Membership(Result<(), Fault>),
+    /// Answer to [`Request::Phase`].
+    Phase(super::rendezvous::PeerPhase),
 }
