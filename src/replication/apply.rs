@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::error::ReplicationError;
 use super::framed::write_frame;
+use super::inline::run_here;
 use super::order::OverlapGate;
 use super::receiver::Shared;
 use super::wire::{Msg, PAYLOAD_BYTES_MAX, SUMS_COUNT_MAX};
@@ -142,9 +143,9 @@ pub(super) async fn dispatch(
     // task's thread when the engine offers it: the hop to the engine's
     // thread and back is most of a QD1 write's time on the copy.
     let req = match req {
-        Op::Disk(r) if gate.is_alone(&ticket) && shared.disk.inline_ready(&r) => {
+        Op::Disk(r) if gate.is_alone(&ticket) => {
             let bytes = write_bytes(&r);
-            match shared.disk.run_inline(r) {
+            match run_here(&*shared.disk, r) {
                 Inline::Done(res) => {
                     let reply = res.map(|_| {
                         applied(shared, bytes);

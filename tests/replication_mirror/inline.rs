@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use geomirror::node::fence::{FencedDevice, QuorumFence};
-use geomirror::replication::{Mode, Receiver, ReceiverConfig};
+use geomirror::replication::{MirroredVolume, Mode, Receiver, ReceiverConfig, VolumeConfig};
 use geomirror::storage::uring::{UringEngine, UringOptions};
 use geomirror::storage::{self, BlockDevice, Inline, IoBuf, Request};
 use tokio::net::TcpListener;
@@ -69,20 +69,25 @@ fn fenced_device_runs_open_writes_inline_and_declines_fenced_ones() {
 /// One write at a time, each followed by a flush, as a QD1 client does:
 /// the copy's order gate is empty for each, so it applies them on its
 /// session's thread; a burst afterwards goes through the ring. Both must
-/// leave the copy identical and every write counted.
+/// leave the copy identical and every write counted. The production side
+/// does its local write and flush inline the same way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn copy_applies_lone_writes_and_flushes_inline_and_ends_identical() {
+async fn lone_writes_and_flushes_run_inline_on_both_hosts_and_copies_end_identical() {
     let dir = crate::common::tempdir();
     let (p, c) = (
         make_disk(dir.path(), "prod", SIZE),
         make_disk(dir.path(), "copy", SIZE),
     );
-    let file = std::fs::File::options()
-        .read(true)
-        .write(true)
-        .open(&c)
-        .expect("open copy");
-    let engine = Arc::new(UringEngine::new(file, SIZE, UringOptions::default()).expect("uring"));
+    let uring = |path: &std::path::Path| {
+        let file = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .open(path)
+            .expect("open disk");
+        Arc::new(UringEngine::new(file, SIZE, UringOptions::default()).expect("uring"))
+    };
+    let engine = uring(&c);
+    let prod = uring(&p);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let rx = Receiver::start(
         listener,
@@ -90,7 +95,14 @@ async fn copy_applies_lone_writes_and_flushes_inline_and_ends_identical() {
         ReceiverConfig::new(SECRET, EPOCH, gens(1)),
     )
     .expect("start receiver");
-    let vol = volume(&p, Mode::Sync, gens(1));
+    let vol = MirroredVolume::new(
+        prod.clone(),
+        VolumeConfig {
+            mode: Mode::Sync,
+            epoch: EPOCH,
+            generations: gens(1),
+        },
+    );
     let (link, _) = add(&vol, copy_cfg("site-b", &rx.local_addr().to_string()));
     settled(&link).await;
     let before = rx
@@ -107,6 +119,11 @@ async fn copy_applies_lone_writes_and_flushes_inline_and_ends_identical() {
         engine.stats().inline >= lone,
         "the copy ran {} requests inline, fewer than its {lone} lone writes",
         engine.stats().inline
+    );
+    assert!(
+        prod.stats().inline >= lone,
+        "the production disk ran {} requests inline, fewer than its {lone} lone writes",
+        prod.stats().inline
     );
     burst(&vol, 5, 8, 20).await;
     settled(&link).await;
