@@ -22,7 +22,7 @@ use super::report::LocalView;
 use crate::group::engine::Engine;
 use crate::group::{GroupState, MemberId, ResourceId};
 use crate::obs::{Event, EventBus};
-use crate::storage::{BlockDevice, Completion, Extent, Request, StorageError};
+use crate::storage::{BlockDevice, Completion, Extent, Inline, Request, StorageError};
 
 /// How long the engine may report no quorum before writes are fenced: three
 /// election timeouts of the engine (1 s each by default), so an ordinary
@@ -231,6 +231,22 @@ impl BlockDevice for FencedDevice {
             }
             _ => self.inner.submit(req, done),
         }
+    }
+
+    fn inline_ready(&self, req: &Request) -> bool {
+        let modifies = !matches!(req, Request::Read { .. } | Request::Flush);
+        !(modifies && self.gate.is_fenced()) && self.inner.inline_ready(req)
+    }
+
+    fn run_inline(&self, req: Request) -> Inline {
+        // A write while fenced is declined, so that the caller submits it
+        // and `submit` refuses it: the fast path lets nothing through that
+        // the queued one would not.
+        let modifies = !matches!(req, Request::Read { .. } | Request::Flush);
+        if modifies && self.gate.is_fenced() {
+            return Inline::Declined(req);
+        }
+        self.inner.run_inline(req)
     }
 
     fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>, StorageError> {

@@ -11,13 +11,16 @@ use tokio::sync::oneshot;
 use super::dirty::{chunk_span, DirtyLog};
 use super::error::ReplicationError;
 use super::generation::Generations;
+use super::inline::run_here;
 use super::link::{CopyConfig, CopyLink, ItemReply, Op, PageLease};
 use super::mark_hint::MarkHint;
 use super::order::{OverlapGate, Ticket};
 use super::primary::{Mode, Primary};
 use super::session::run_link;
 use super::wire::PAYLOAD_BYTES_MAX;
-use crate::storage::{self, BlockDevice, Completion, Extent, IoBuf, Reply, Request, StorageError};
+use crate::storage::{
+    self, BlockDevice, Completion, Extent, Inline, IoBuf, Reply, Request, StorageError,
+};
 
 /// How the production host mirrors.
 #[derive(Debug, Clone)]
@@ -247,7 +250,13 @@ async fn replicate(
         drop(ticket);
         return Err(refused(offset, e));
     }
-    let local = storage::call(&*primary.local, req).await;
+    // A lone write runs on this thread while the links send: the hop to
+    // the engine's thread and back is most of a QD1 write's local time.
+    let local = if primary.gate.is_alone(&ticket) {
+        local_io(primary, req).await
+    } else {
+        storage::call(&*primary.local, req).await
+    };
     drop(ticket);
     if primary.mode == Mode::Sync {
         // A copy that fails keeps the range dirty and is resynced; it does
@@ -349,11 +358,19 @@ async fn flush(primary: &Primary, links: &[Arc<CopyLink>]) -> Result<Reply, Stor
             acks.push(link.enqueue(&sess, Op::Flush).await);
         }
     }
-    let local = storage::call(&*primary.local, Request::Flush).await;
+    let local = local_io(primary, Request::Flush).await;
     if primary.mode == Mode::Sync {
         for a in acks {
             let _ = a.await;
         }
     }
     local
+}
+
+/// `req` on the production disk: inline when the engine takes it now.
+async fn local_io(primary: &Primary, req: Request) -> Result<Reply, StorageError> {
+    match run_here(&*primary.local, req) {
+        Inline::Done(r) => r,
+        Inline::Declined(req) => storage::call(&*primary.local, req).await,
+    }
 }

@@ -37,6 +37,7 @@ pub mod dirty;
 pub mod error;
 mod framed;
 pub mod generation;
+mod inline;
 mod large_buffers;
 mod link;
 mod mark_hint;

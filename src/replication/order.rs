@@ -86,6 +86,13 @@ impl OverlapGate {
         }
     }
 
+    /// Whether `t` waits for nothing and no other request is in flight:
+    /// then it may run on the caller's thread without holding anyone up.
+    pub fn is_alone(&self, t: &Ticket) -> bool {
+        let g = self.inner.lock().expect("gate lock poisoned");
+        t.waits.is_empty() && g.live.iter().all(|e| e.id == t.id)
+    }
+
     /// Tickets alive (for tests and stats).
     pub fn live(&self) -> usize {
         self.inner.lock().expect("gate lock poisoned").live.len()
@@ -133,6 +140,22 @@ mod tests {
         );
         drop(first);
         second.ready().await;
+    }
+
+    #[test]
+    fn only_a_lone_ticket_is_alone() {
+        let gate = OverlapGate::new();
+        let first = gate.admit(0, 4096);
+        assert!(gate.is_alone(&first));
+        let apart = gate.admit(8192, 4096);
+        assert!(!gate.is_alone(&first), "another request is in flight");
+        assert!(!gate.is_alone(&apart));
+        drop(first);
+        assert!(gate.is_alone(&apart));
+        drop(apart);
+        assert!(gate.is_alone(&gate.barrier()));
+        let _held = gate.admit(0, 1);
+        assert!(!gate.is_alone(&gate.barrier()), "a barrier behind a write");
     }
 
     #[tokio::test]

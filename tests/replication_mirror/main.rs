@@ -9,5 +9,6 @@ mod bursts;
 mod faults;
 mod full_sync;
 mod harness;
+mod inline;
 mod lending;
 mod outage;
