@@ -49,8 +49,13 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // Before any thread or runtime exists, so every arena starts with them.
+    let in_heap = geomirror::storage::heap::keep_buffers_in_heap();
     let cli = Cli::parse();
     cmd::init_logging(&cli.log);
+    if !in_heap {
+        tracing::warn!("allocator thresholds not set: large buffers may be page-faulted in");
+    }
     let result = match cli.command {
         Command::Serve(a) => cmd::serve::run(a),
         Command::Format(a) => cmd::format::run(a),

@@ -179,10 +179,12 @@ impl Session {
             match cmd {
                 Command::Disconnect => return Ok(()),
                 Command::Write { offset, len, fua } => {
-                    let mut data = crate::storage::IoBuf::zeroed(len as usize);
-                    // Straight into the aligned buffer: BufReader hands large
-                    // reads to the socket directly when its buffer is empty.
-                    rd.read_exact(&mut data).await?;
+                    // Straight into the aligned buffer, not zeroed first:
+                    // BufReader hands large reads to the socket directly
+                    // when its buffer is empty.
+                    let mut data = crate::storage::IoBuf::uninit(len as usize);
+                    data.read_exact_from(&mut rd).await?;
+                    let data = data.finish().expect("read_exact_from filled it");
                     self.dirty.store(true, Ordering::Release);
                     self.run(h.cookie, permits, Request::Write { offset, data, fua });
                 }

@@ -79,20 +79,21 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         &mut self,
         head: wire::Head,
     ) -> Result<(Msg, Option<IoBuf>), ReplicationError> {
-        let mut page = IoBuf::zeroed(head.payload_len);
+        // Overwritten whole below: not zeroed first.
+        let mut page = IoBuf::uninit(head.payload_len);
         let have = self.end - self.start - head.head_bytes;
         let from = self.start + head.head_bytes;
         // check() said Incomplete, so fewer than payload_len bytes are here.
-        page[..have].copy_from_slice(&self.buf[from..from + have]);
+        page.extend_from_slice(&self.buf[from..from + have]);
         self.start = 0;
         self.end = 0;
-        match self.r.read_exact(&mut page[have..]).await {
-            Ok(_) => {}
+        let page = match page.read_exact_from(&mut self.r).await {
+            Ok(()) => page.finish().expect("read_exact_from filled it"),
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                 return Err(ReplicationError::TruncatedFrame)
             }
             Err(e) => return Err(e.into()),
-        }
+        };
         wire::check_payload(&head.msg, &page)?;
         Ok((head.msg, Some(page)))
     }

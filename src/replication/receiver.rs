@@ -169,8 +169,6 @@ impl Receiver {
         disk: Arc<dyn BlockDevice>,
         cfg: ReceiverConfig,
     ) -> Receiver {
-        // Resync frames arrive in 4 MiB pages: keep their buffers in the heap.
-        super::large_buffers::keep_in_heap();
         let (stop, stop_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             disk,

@@ -17,7 +17,6 @@ use std::ops::RangeInclusive;
 use std::sync::Arc;
 
 use super::error::ReplicationError;
-use super::large_buffers;
 use super::link::{CopyLink, Op, SessionTx};
 use super::wire::{PAYLOAD_BYTES_MAX, SUMS_COUNT_MAX};
 use crate::storage::{self, IoBuf, Reply, Request};
@@ -38,9 +37,6 @@ pub(crate) async fn run(
     sess: &Arc<SessionTx>,
 ) -> Result<(), ReplicationError> {
     let todo = link.lock().pending_resync.clone();
-    if !todo.is_empty() {
-        large_buffers::keep_in_heap();
-    }
     if link.cfg.checksum_resync {
         for (first, n) in todo.runs(run_chunks(link.chunk_bytes())) {
             compare_and_send(link, sess, first, n).await?;

@@ -4,13 +4,21 @@
 use std::alloc::{self, Layout};
 use std::ptr::NonNull;
 
+pub use super::buf_fill::UninitBuf;
+
 /// Alignment of every buffer: the largest logical block size we meet.
 pub const ALIGN: usize = 4096;
 
-/// An owned, zero-initialised byte buffer whose start is 4096-aligned.
+/// An owned byte buffer whose start is 4096-aligned.
+///
+/// Invariant: the first `init` bytes of the allocation are initialised and
+/// `len <= init <= cap`; only the first `len` are visible. A buffer that
+/// will be overwritten whole is built with [`IoBuf::uninit`], so that no
+/// time goes into zeroing bytes about to be replaced.
 pub struct IoBuf {
     ptr: NonNull<u8>,
     len: usize,
+    init: usize,
     cap: usize,
 }
 
@@ -21,24 +29,52 @@ unsafe impl Send for IoBuf {}
 unsafe impl Sync for IoBuf {}
 
 impl IoBuf {
-    /// A buffer of `len` zero bytes.
-    pub fn zeroed(len: usize) -> IoBuf {
+    /// An allocation of at least `len` bytes (rounded up to [`ALIGN`]),
+    /// zeroed or not; nothing is visible yet (`len` and `init` are 0 unless
+    /// zeroed).
+    fn alloc(len: usize, zeroed: bool) -> IoBuf {
         let cap = len.div_ceil(ALIGN).max(1) * ALIGN;
         let layout = Layout::from_size_align(cap, ALIGN)
             .expect("size rounded to ALIGN cannot overflow isize here");
         // SAFETY: layout has a non-zero size.
-        let raw = unsafe { alloc::alloc_zeroed(layout) };
+        let raw = unsafe {
+            if zeroed {
+                alloc::alloc_zeroed(layout)
+            } else {
+                alloc::alloc(layout)
+            }
+        };
         let Some(ptr) = NonNull::new(raw) else {
             alloc::handle_alloc_error(layout)
         };
-        IoBuf { ptr, len, cap }
+        let init = if zeroed { cap } else { 0 };
+        IoBuf {
+            ptr,
+            len: 0,
+            init,
+            cap,
+        }
+    }
+
+    /// A buffer of `len` zero bytes.
+    pub fn zeroed(len: usize) -> IoBuf {
+        let mut b = IoBuf::alloc(len, true);
+        b.len = len;
+        b
+    }
+
+    /// A buffer of `len` bytes to be filled (from a file, a socket, a
+    /// slice) before it is read: see [`UninitBuf`].
+    pub fn uninit(len: usize) -> UninitBuf {
+        UninitBuf::new(IoBuf::alloc(len, false), len)
     }
 
     /// A copy of `data`.
     pub fn from_slice(data: &[u8]) -> IoBuf {
-        let mut b = IoBuf::zeroed(data.len());
-        b.copy_from_slice(data);
-        b
+        let mut b = IoBuf::uninit(data.len());
+        b.extend_from_slice(data);
+        b.finish()
+            .expect("a buffer the size of the slice is full after copying it")
     }
 
     /// Bytes in use.
@@ -61,9 +97,35 @@ impl IoBuf {
     }
 
     /// Grow or shrink the visible length within the capacity; new bytes are
-    /// whatever the buffer held (zero when fresh).
+    /// whatever the buffer held before, or zero where it never held any.
     pub fn set_len(&mut self, len: usize) {
         assert!(len <= self.cap, "IoBuf::set_len beyond capacity");
+        if len > self.init {
+            // SAFETY: init < len <= cap, so the range lies in the allocation.
+            unsafe {
+                self.ptr
+                    .as_ptr()
+                    .add(self.init)
+                    .write_bytes(0, len - self.init)
+            };
+            self.init = len;
+        }
+        self.len = len;
+    }
+
+    /// Start of the allocation, for the filler only.
+    pub(super) fn raw(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// Make the first `len` bytes visible.
+    ///
+    /// # Safety
+    /// The first `len` bytes of the allocation must be initialised, and
+    /// `len <= capacity()`.
+    pub(super) unsafe fn set_init_len(&mut self, len: usize) {
+        debug_assert!(len <= self.cap);
+        self.init = self.init.max(len);
         self.len = len;
     }
 }
@@ -71,7 +133,8 @@ impl IoBuf {
 impl std::ops::Deref for IoBuf {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        // SAFETY: ptr is valid for cap >= len initialised (zeroed) bytes.
+        // SAFETY: ptr is valid for cap bytes, of which the first init >= len
+        // are initialised (the type's invariant).
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 }
@@ -87,7 +150,7 @@ impl Drop for IoBuf {
     fn drop(&mut self) {
         let layout =
             Layout::from_size_align(self.cap, ALIGN).expect("layout was valid at allocation");
-        // SAFETY: allocated in `zeroed` with this same layout.
+        // SAFETY: allocated in `alloc` with this same layout.
         unsafe { alloc::dealloc(self.ptr.as_ptr(), layout) }
     }
 }
@@ -122,5 +185,23 @@ mod tests {
             assert_eq!(b.len(), len);
             assert!(b.iter().all(|&x| x == 0));
         }
+    }
+
+    #[test]
+    fn growing_past_what_was_written_shows_zeroes() {
+        let mut b = IoBuf::from_slice(&[7; 100]);
+        b.truncate(10);
+        b.set_len(4000);
+        assert!(b[..100].iter().all(|&x| x == 7));
+        assert!(b[100..].iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn copies_are_aligned_and_equal() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        let b = IoBuf::from_slice(&data);
+        assert_eq!(b.as_ptr() as usize % ALIGN, 0);
+        assert_eq!(&b[..], &data[..]);
+        assert_eq!(b.clone(), b);
     }
 }

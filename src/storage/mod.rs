@@ -7,7 +7,9 @@
 
 pub mod bitmap;
 mod buf;
+mod buf_fill;
 pub mod generation;
+pub mod heap;
 pub mod hosted;
 pub mod label;
 pub mod meta;
@@ -17,7 +19,7 @@ pub mod sys;
 pub mod uring;
 
 pub use bitmap::DirtyBitmap;
-pub use buf::IoBuf;
+pub use buf::{IoBuf, UninitBuf};
 pub use generation::{Generations, SyncPlan};
 pub use hosted::HostedDisk;
 pub use label::{FormatOptions, Label, LabelError, LabelFlags};

@@ -11,7 +11,7 @@ use io_uring::{opcode, types, IoUring};
 
 use super::sys;
 use super::uring::{Disk, Msg, Waker};
-use super::{Completion, IoBuf, Reply, Request};
+use super::{Completion, IoBuf, Reply, Request, UninitBuf};
 
 /// Retries of one operation interrupted by EINTR/EAGAIN before giving up.
 const RETRIES_MAX: u32 = 16;
@@ -51,7 +51,11 @@ struct Op {
     len: u64,
     /// Bytes done so far: short reads and writes continue from here.
     done_bytes: u64,
+    /// A write's data.
     buf: Option<IoBuf>,
+    /// A read's destination, filled as completions arrive (never zeroed:
+    /// the kernel overwrites it whole).
+    dest: Option<UninitBuf>,
     retries: u32,
     completion: Completion,
 }
@@ -187,13 +191,12 @@ impl Worker {
     }
 
     fn start(&mut self, (req, completion): Msg) {
+        let mut dest = None;
         let (step, offset, len, buf) = match req {
-            Request::Read { offset, len } => (
-                Step::Read,
-                offset,
-                u64::from(len),
-                Some(IoBuf::zeroed(len as usize)),
-            ),
+            Request::Read { offset, len } => {
+                dest = Some(IoBuf::uninit(len as usize));
+                (Step::Read, offset, u64::from(len), None)
+            }
             Request::Write { offset, data, fua } => {
                 (Step::Write { fua }, offset, data.len() as u64, Some(data))
             }
@@ -225,9 +228,9 @@ impl Worker {
         };
         if len == 0 && !matches!(step, Step::Flush) {
             self.waker.in_flight.fetch_sub(1, Ordering::SeqCst);
-            let _ = completion.send(Ok(match buf {
-                Some(b) if matches!(step, Step::Read) => Reply::Read(b),
-                _ => Reply::Done,
+            let _ = completion.send(Ok(match dest {
+                Some(d) => Reply::Read(d.into_filled()),
+                None => Reply::Done,
             }));
             return;
         }
@@ -241,6 +244,7 @@ impl Worker {
             len,
             done_bytes: 0,
             buf,
+            dest,
             retries: 0,
             completion,
         });
@@ -265,10 +269,12 @@ impl Worker {
         let done = op.done_bytes as usize;
         let sqe = match op.step {
             Step::Read => {
-                let buf = op.buf.as_mut().expect("reads carry a buffer");
-                // SAFETY: done <= len = buf.len(); the pointer stays in the buffer.
-                let ptr = unsafe { buf.as_mut_ptr().add(done) };
-                opcode::Read::new(fd, ptr, chunk).offset(pos).build()
+                let dest = op.dest.as_mut().expect("reads carry a destination");
+                debug_assert_eq!(dest.filled(), done);
+                // The spare part starts at `done` and is `rest` >= chunk long.
+                opcode::Read::new(fd, dest.spare_ptr(), chunk)
+                    .offset(pos)
+                    .build()
             }
             Step::Write { fua } => {
                 let buf = op.buf.as_ref().expect("writes carry a buffer");
@@ -366,6 +372,15 @@ impl Worker {
                     let e = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
                     return self.finish(slot, Err(e));
                 }
+                if let (Step::Read, Some(dest)) = (&op.step, op.dest.as_mut()) {
+                    if n > dest.remaining() as u64 {
+                        let e = std::io::Error::other("io_uring read returned more than asked");
+                        return self.finish(slot, Err(e));
+                    }
+                    // SAFETY: the kernel wrote n bytes at the spare pointer
+                    // this read was submitted with (n is within it, above).
+                    unsafe { dest.advance(n as usize) };
+                }
                 op.done_bytes += n;
                 op.retries = 0;
                 if op.done_bytes < op.len {
@@ -389,9 +404,12 @@ impl Worker {
                 offset: op.offset + op.done_bytes,
                 source,
             }),
-            Ok(()) => Ok(match (op.step, op.buf) {
-                (Step::Read, Some(buf)) => Reply::Read(buf),
-                _ => Reply::Done,
+            Ok(()) => Ok(match op.dest {
+                Some(dest) => Reply::Read(
+                    dest.finish()
+                        .expect("a read finishes once all its bytes arrived"),
+                ),
+                None => Reply::Done,
             }),
         };
         let _ = op.completion.send(reply);
