@@ -38,7 +38,6 @@ pub mod error;
 mod framed;
 pub mod generation;
 mod inline;
-mod large_buffers;
 mod link;
 mod mark_hint;
 mod mirror;
