@@ -80,9 +80,9 @@ start_group() {
     sleep 1
   done
   # Wait for every copy to be UpToDate, then time the full sync from the
-  # production host's own counters: resynced_bytes over the time from the
-  # start of the resync to UpToDate (the rate is frozen at that point), so
-  # neither start-up nor the 0.5 s polling is counted.
+  # production host's own account: the line it logs when a copy becomes
+  # UpToDate carries the bytes resynced and the time from the start of the
+  # resync (so neither start-up nor the 0.5 s polling is counted).
   local t0; t0=$(date +%s.%N)
   for _ in $(seq 600); do
     if "$BIN" status --config "$cfg" --member p1 --json 2>/dev/null >"$RUN/status.json" && python3 2>/dev/null - "$RUN/status.json" <<'PY'
@@ -95,15 +95,19 @@ PY
     sleep 0.5
   done
   local wall; wall=$(python3 -c "import time; print(f'{time.time() - $t0:.2f}')")
-  python3 - "$RUN/status.json" "$t" "$copies" "$wall" <<'PY' | tee -a "$RESULTS/full-sync.txt"
-import json,sys
-r=json.load(open(sys.argv[1])); t,copies,wall=sys.argv[2],sys.argv[3],sys.argv[4]
-for x in r["resources"]:
-    if x["role"]!="copy": continue
-    b,rate=x["resynced_bytes"],x["rate_bytes_per_s"]
-    secs=b/rate if rate>0 else float("nan")
-    print(f"{t}: full sync of {x['id']}: {b} B of random data in {secs:.3f} s = "
-          f"{rate/1e6:.0f} MB/s (resync start to UpToDate, production counters; "
+  python3 - "$RESULTS/geomirror-$t-p1.log" "$t" "$wall" <<'PY' | tee -a "$RESULTS/full-sync.txt"
+import re,sys
+log,t,wall=sys.argv[1],sys.argv[2],sys.argv[3]
+done={}
+for line in open(log, errors="replace"):
+    m=re.search(r'copy up to date copy=(\S+) resynced_bytes=(\d+) secs="([\d.]+)"', line)
+    if m: done[m.group(1)]=(int(m.group(2)), float(m.group(3)))
+if not done:
+    print(f"{t}: full sync: no 'copy up to date' line in {log} ({wall} s wall)")
+for copy,(b,secs) in sorted(done.items()):
+    rate=b/secs if secs>0 else float("nan")
+    print(f"{t}: full sync to {copy}: {b} B of random data in {secs:.3f} s = "
+          f"{rate/1e6:.0f} MB/s (resync start to UpToDate, production host's log; "
           f"{wall} s wall after the members started, incl. joining)")
 PY
 }
