@@ -15,7 +15,7 @@ use super::consts::*;
 use super::proto::{validate, Command, Limits, RequestHeader, PAYLOAD_LEN_MAX};
 use super::reply::{writer, Body, Job, Outgoing};
 use super::{Export, NbdError};
-use crate::storage::{call, Inline, Reply, Request, StorageError};
+use crate::storage::{call, run_here, Inline, Reply, Request, StorageError};
 
 /// Size of the request reader's buffer: many small requests per read syscall.
 const READ_BUFFER_BYTES: usize = 256 * 1024;
@@ -256,29 +256,13 @@ impl Session {
     /// reply before sending more, so a queue would only add thread wake-ups.
     /// Otherwise start it on the device.
     fn run(&self, cookie: u64, permits: Permits, req: Request) {
-        let dev = &self.export.device;
         // We hold one permit ourselves: all others free means nothing else
         // is in flight or waiting for its reply to be written.
         let alone = self.requests.available_permits() + 1 == self.requests_max;
-        if !alone || !dev.inline_ready(&req) {
+        if !alone {
             return self.start(cookie, permits, req, false);
         }
-        let r = if matches!(req, Request::Flush) {
-            // A flush waits for the disk (milliseconds when it is busy):
-            // block_in_place lets the runtime move its other tasks to another
-            // thread meanwhile. Measured at QD1 on ext4, it also keeps the
-            // flush's tail short: blocking the worker outright gave a flush
-            // p90 of ~4 ms (median of six runs) against ~0.8 ms with it
-            // (BENCHMARKS.md, "QD1 write + flush, serve").
-            if !on_multi_thread_runtime() {
-                return self.start(cookie, permits, req, false);
-            }
-            tokio::task::block_in_place(|| dev.run_inline(req))
-        } else {
-            // A small page-cache write takes microseconds: cheaper done here
-            // than any hand-off.
-            dev.run_inline(req)
-        };
+        let r = run_here(&*self.export.device, req);
         match r {
             Inline::Done(r) => self.send(cookie, permits, Body::Status(errno_of(r.err()))),
             Inline::Declined(req) => self.start(cookie, permits, req, false),
@@ -357,13 +341,6 @@ impl Session {
         };
         self.send(cookie, permits, body);
     }
-}
-
-/// block_in_place is only allowed on a multi-thread runtime (it panics on
-/// a current-thread one, which tests and embedders may use).
-fn on_multi_thread_runtime() -> bool {
-    tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
 /// Discard the payload of a refused write, in bounded pieces.

@@ -10,10 +10,10 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::error::ReplicationError;
 use super::framed::write_frame;
-use super::inline::run_here;
 use super::order::OverlapGate;
 use super::receiver::Shared;
 use super::wire::{Msg, PAYLOAD_BYTES_MAX, SUMS_COUNT_MAX};
+use crate::storage::run_here;
 use crate::storage::{self, Inline, IoBuf, Reply, Request, StorageError};
 
 pub(super) async fn ack_writer(

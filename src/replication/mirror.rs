@@ -11,13 +11,13 @@ use tokio::sync::oneshot;
 use super::dirty::{chunk_span, DirtyLog};
 use super::error::ReplicationError;
 use super::generation::Generations;
-use super::inline::run_here;
 use super::link::{CopyConfig, CopyLink, ItemReply, Op, PageLease};
 use super::mark_hint::MarkHint;
 use super::order::{OverlapGate, Ticket};
 use super::primary::{Mode, Primary};
 use super::session::run_link;
 use super::wire::PAYLOAD_BYTES_MAX;
+use crate::storage::run_here;
 use crate::storage::{
     self, BlockDevice, Completion, Extent, Inline, IoBuf, Reply, Request, StorageError,
 };

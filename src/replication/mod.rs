@@ -37,7 +37,6 @@ pub mod dirty;
 pub mod error;
 mod framed;
 pub mod generation;
-mod inline;
 mod link;
 mod mark_hint;
 mod mirror;

@@ -123,6 +123,8 @@ impl IoBuf {
     /// # Safety
     /// The first `len` bytes of the allocation must be initialised, and
     /// `len <= capacity()`.
+    // SAFETY: unsafe to call, not to run: the caller vouches that the
+    // first `len` bytes are initialised (see # Safety above).
     pub(super) unsafe fn set_init_len(&mut self, len: usize) {
         debug_assert!(len <= self.cap);
         self.init = self.init.max(len);

@@ -80,6 +80,8 @@ impl UninitBuf {
     /// The first `n` bytes of [`spare_mut`](Self::spare_mut) must have been
     /// initialised (by safe writes through it, or by the kernel through
     /// [`spare_ptr`](Self::spare_ptr)).
+    // SAFETY: unsafe to call, not to run: the caller vouches that the
+    // first `n` spare bytes are initialised (see # Safety above).
     pub unsafe fn advance(&mut self, n: usize) {
         assert!(n <= self.remaining(), "UninitBuf::advance past its target");
         let len = self.buf.len() + n;
