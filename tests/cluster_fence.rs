@@ -32,17 +32,23 @@ fn wait_event(log: &Path, needle: &str) -> String {
     text
 }
 
+/// The group every test here runs: production member a1, copy member b1
+/// and a witness, 16 MiB of data.
+fn production_copy_witness(mode: &str) -> Spec {
+    Spec::new(
+        mode,
+        2,
+        "16M",
+        &[("a1", Some(0)), ("b1", Some(1)), ("w1", None)],
+    )
+}
+
 #[test]
 fn production_without_quorum_refuses_writes_until_the_majority_returns() {
     if !common::require(&["nbdsh"]) {
         return;
     }
-    let spec = Spec::new(
-        "sync",
-        2,
-        "16M",
-        &[("a1", Some(0)), ("b1", Some(1)), ("w1", None)],
-    );
+    let spec = production_copy_witness("sync");
     let mut c = Cluster::new(spec.with_metrics("a1"));
     // The grace is a flag of `up`; the fence's reason quotes it.
     c.up_extra = vec!["--no-quorum-grace-ms".into(), "1500".into()];
@@ -167,12 +173,7 @@ fn a_copy_written_standalone_while_production_wrote_is_split_brain_and_never_mer
     if !common::require(&["nbdsh"]) {
         return;
     }
-    let spec = Spec::new(
-        "sync",
-        2,
-        "16M",
-        &[("a1", Some(0)), ("b1", Some(1)), ("w1", None)],
-    );
+    let spec = production_copy_witness("sync");
     let mut c = Cluster::new(spec);
     c.start_all(&["a1", "b1", "w1"]);
     c.wait_synced("a1");
@@ -309,12 +310,7 @@ fn a_copy_written_standalone_while_the_running_production_wrote_is_split_brain()
     if !common::require(&["nbdsh"]) {
         return;
     }
-    let spec = Spec::new(
-        "async",
-        2,
-        "16M",
-        &[("a1", Some(0)), ("b1", Some(1)), ("w1", None)],
-    );
+    let spec = production_copy_witness("async");
     let mut c = Cluster::new(spec);
     c.start_all(&["a1", "b1", "w1"]);
     c.wait_synced("a1");
