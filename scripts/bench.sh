@@ -111,6 +111,22 @@ for copy,(b,secs) in sorted(done.items()):
           f"{wall} s wall after the members started, incl. joining)")
 PY
 }
+# What a plain copy tool does on this disk in this run: the same 1 GiB of
+# random data copied file to file by qemu-img convert, O_DIRECT on both sides,
+# 16 requests in flight, out-of-order writes. A full sync reads and writes the
+# same device at once, so this, not the write rate alone, is its ceiling here.
+local_copy() {
+  command -v qemu-img >/dev/null || { echo "local copy: qemu-img not installed" | tee -a "$RESULTS/full-sync.txt"; return; }
+  local seed=$DATADIR/random-1g.bin dst=$DATADIR/gm-localcopy.img t0 t1
+  [[ -f $seed ]] || head -c 1073741824 /dev/urandom >"$seed"
+  rm -f "$dst"; fallocate -l 1073741824 "$dst"
+  sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
+  t0=$(date +%s.%N)
+  qemu-img convert -f raw -O raw -t none -T none -W -m 16 -n "$seed" "$dst"
+  t1=$(date +%s.%N)
+  rm -f "$dst"
+  python3 -c "print(f'local copy: 1073741824 B file to file on this disk in {$t1-$t0:.3f} s = {1073741824/($t1-$t0)/1e6:.0f} MB/s (qemu-img convert -t none -T none -W -m 16)')" | tee -a "$RESULTS/full-sync.txt"
+}
 stop_group() {
   local p
   for p in "${GPIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -130,6 +146,7 @@ for t in $TARGETS; do
       kill "$PID"; wait "$PID" || true; PID= ;;
     mirror|mirror2)
       copies=1; [[ $t == mirror2 ]] && copies=2
+      local_copy
       start_group "$copies"
       SERVER_PIDS="${GPIDS[*]}" "$BENCH/fio-matrix.sh" "nbd+unix:///bench?socket=$RUN/prod.sock" "geomirror-$t"
       stop_group ;;
@@ -145,10 +162,24 @@ if [[ -f $RESULTS/full-sync.txt ]]; then
 import csv,re,sys
 raw=[float(r["MBps"]) for r in csv.DictReader(open(sys.argv[1]))
      if r["label"]=="rawdisk" and r["workload"]=="seqwrite" and r["MBps"]]
-for line in open(sys.argv[2]):
+# Each target's local copy line comes just before its full sync lines.
+local=None
+for line in open(sys.argv[2]).read().splitlines():
     m=re.search(r"= (\d+) MB/s", line)
-    if m and raw:
-        print(f"  {line.split(':')[0]}: {m.group(1)} MB/s / rawdisk seqwrite {raw[0]:.0f} MB/s = {100*int(m.group(1))/raw[0]:.0f}%")
+    if not m:
+        continue
+    if line.startswith("local copy"):
+        local=int(m.group(1))
+        continue
+    if " full sync to " not in line:
+        continue
+    rate=int(m.group(1))
+    out=f"  {line.split(':')[0]} {line.split(':')[1].strip()}: {rate} MB/s"
+    if raw:
+        out+=f" = {100*rate/raw[0]:.0f}% of rawdisk seqwrite {raw[0]:.0f} MB/s"
+    if local:
+        out+=f", {rate/local:.2f}x the local copy ({local} MB/s)"
+    print(out)
 PY
 fi
 echo "results: $RESULTS/results.md"
