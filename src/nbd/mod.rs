@@ -16,6 +16,8 @@ pub mod transmission;
 
 #[cfg(test)]
 mod proto_tests;
+#[cfg(test)]
+mod transmission_tests;
 
 pub use error::NbdError;
 pub use server::{ListenAddr, Server, ServerConfig};

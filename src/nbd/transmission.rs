@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, BufReader};
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 use super::consts::*;
@@ -21,6 +21,11 @@ use crate::storage::{call, run_here, Inline, Reply, Request, StorageError};
 const READ_BUFFER_BYTES: usize = 256 * 1024;
 /// Unit in which payload bytes in flight are counted.
 const PAGE_BYTES: u32 = 4096;
+/// After a write payload this large, the next header is read on its own, so
+/// that the payload behind it goes from the socket straight into its aligned
+/// buffer instead of through the reader's buffer (a copy of up to
+/// [`READ_BUFFER_BYTES`] per request on a stream of large writes).
+const DIRECT_PAYLOAD_BYTES_MIN: u32 = 64 * 1024;
 
 /// How a connection behaves after negotiation.
 #[derive(Debug, Clone)]
@@ -123,24 +128,32 @@ impl Session {
         mut shutdown: Option<watch::Receiver<bool>>,
     ) -> Result<(), NbdError> {
         let mut hdr = [0u8; REQUEST_LEN];
+        let mut exact = false;
         loop {
+            // Unbuffered only while nothing is buffered, so no byte is skipped.
+            let exact_now = exact && rd.buffer().is_empty();
             let first = match shutdown.as_mut() {
                 Some(sd) if *sd.borrow() => return Ok(()),
                 Some(sd) => tokio::select! {
                     biased;
                     _ = sd.changed() => return Ok(()),
-                    r = rd.read_u8() => r,
+                    r = read_start(&mut rd, &mut hdr, exact_now) => r,
                 },
-                None => rd.read_u8().await,
+                None => read_start(&mut rd, &mut hdr, exact_now).await,
             };
-            match first {
-                Ok(b) => hdr[0] = b,
+            let got = match first {
                 // A client may simply close between requests.
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
                 Err(e) => return Err(e.into()),
+            };
+            if exact_now {
+                rd.get_mut().read_exact(&mut hdr[got..]).await?;
+            } else {
+                rd.read_exact(&mut hdr[got..]).await?;
             }
-            rd.read_exact(&mut hdr[1..]).await?;
             let h = RequestHeader::parse(&hdr)?.expect("a full header was read");
+            exact = false;
             if h.payload_len() > PAYLOAD_LEN_MAX {
                 // We will not read an unbounded payload just to skip it; the spec
                 // allows closing instead (doc/proto.md "Block size constraints").
@@ -179,11 +192,16 @@ impl Session {
             match cmd {
                 Command::Disconnect => return Ok(()),
                 Command::Write { offset, len, fua } => {
-                    // Straight into the aligned buffer, not zeroed first:
-                    // BufReader hands large reads to the socket directly
-                    // when its buffer is empty.
+                    exact = len >= DIRECT_PAYLOAD_BYTES_MIN;
+                    // Into the aligned buffer, not zeroed first: what the
+                    // reader holds already is copied, the rest comes from
+                    // the socket directly (a small tail through the
+                    // reader's buffer would drag the next request's start
+                    // in with it, to be copied in turn).
                     let mut data = crate::storage::IoBuf::uninit(len as usize);
-                    data.read_exact_from(&mut rd).await?;
+                    let held = data.extend_from_slice(rd.buffer());
+                    rd.consume(held);
+                    data.read_exact_from(rd.get_mut()).await?;
                     let data = data.finish().expect("read_exact_from filled it");
                     self.dirty.store(true, Ordering::Release);
                     self.run(h.cookie, permits, Request::Write { offset, data, fua });
@@ -340,6 +358,28 @@ impl Session {
             Err(e) => Body::Status(errno_of(Some(e))),
         };
         self.send(cookie, permits, body);
+    }
+}
+
+/// Reads the first bytes of a request header: one byte through the buffer,
+/// or, when `exact`, up to a whole header straight from the socket (nothing
+/// past it). Returns 0 at a clean end of stream. Cancel-safe: nothing is
+/// consumed unless it returns.
+async fn read_start<R: AsyncRead + Unpin>(
+    rd: &mut BufReader<R>,
+    hdr: &mut [u8; REQUEST_LEN],
+    exact: bool,
+) -> std::io::Result<usize> {
+    if exact {
+        return rd.get_mut().read(&mut hdr[..]).await;
+    }
+    match rd.read_u8().await {
+        Ok(b) => {
+            hdr[0] = b;
+            Ok(1)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(0),
+        Err(e) => Err(e),
     }
 }
 
