@@ -108,6 +108,33 @@ pub(crate) struct Item {
     pub covered_bytes: u64,
     pub enqueued: Instant,
     pub _permit: Option<OwnedSemaphorePermit>,
+    /// This request's page bytes, counted in the link's lag while it lives.
+    pub _lag: LagBytes,
+}
+
+/// Page bytes counted in a link's lag from when a request is queued until it
+/// is answered or dropped, the same span as its window room; unlike the
+/// room, no header overhead, so an idle copy's lag is exactly zero and a
+/// busy one's is the data it has yet to acknowledge.
+pub(crate) struct LagBytes {
+    total: Arc<AtomicU64>,
+    bytes: u64,
+}
+
+impl LagBytes {
+    fn new(total: &Arc<AtomicU64>, bytes: u64) -> LagBytes {
+        total.fetch_add(bytes, Ordering::Relaxed);
+        LagBytes {
+            total: total.clone(),
+            bytes,
+        }
+    }
+}
+
+impl Drop for LagBytes {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 pub(crate) struct Inner {
@@ -133,6 +160,8 @@ pub(crate) struct Counters {
     pub resynced_bytes: AtomicU64,
     pub resync_skipped: AtomicU64,
     pub sessions: AtomicU64,
+    /// Page bytes queued or sent and not yet answered.
+    pub lag_bytes: Arc<AtomicU64>,
 }
 
 /// A copy link: created by `MirroredVolume::add_copy`, driven by its own task.
@@ -278,6 +307,7 @@ impl CopyLink {
             reply: Some(tx),
             enqueued: Instant::now(),
             _permit: Some(permit),
+            _lag: LagBytes::new(&self.counters.lag_bytes, op.page_bytes()),
         };
         if let Err(q) = session.push(self, Queued { op, lease, item }) {
             let Queued { op, lease, item } = *q;
@@ -409,5 +439,23 @@ impl CopyLink {
 
     pub(crate) fn set_error(&self, e: &ReplicationError) {
         self.lock().last_error = Some(e.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_counts_page_bytes_while_requests_live() {
+        let total = Arc::new(AtomicU64::new(0));
+        let a = LagBytes::new(&total, 4096);
+        let flush = LagBytes::new(&total, 0);
+        let b = LagBytes::new(&total, 1 << 20);
+        assert_eq!(total.load(Ordering::Relaxed), 4096 + (1 << 20));
+        drop(a);
+        assert_eq!(total.load(Ordering::Relaxed), 1 << 20);
+        drop((flush, b));
+        assert_eq!(total.load(Ordering::Relaxed), 0, "no header overhead left");
     }
 }

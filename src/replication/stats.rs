@@ -14,7 +14,7 @@ pub struct CopyStats {
     pub bytes_sent: u64,
     /// Page bytes the copy acknowledged.
     pub bytes_acked: u64,
-    /// Bytes queued or sent and not yet acknowledged.
+    /// Page bytes queued or sent and not yet acknowledged.
     pub lag_bytes: u64,
     /// Age of the oldest unacknowledged request, in seconds.
     pub lag_s: f64,
@@ -53,8 +53,7 @@ impl CopyLink {
             state: g.state,
             bytes_sent: self.counters.bytes_sent.load(Ordering::Relaxed),
             bytes_acked: self.counters.bytes_acked.load(Ordering::Relaxed),
-            lag_bytes: (self.cfg.window_bytes_max.max(1) as u64)
-                .saturating_sub(self.window.available_permits() as u64),
+            lag_bytes: self.counters.lag_bytes.load(Ordering::Relaxed),
             lag_s: g.oldest_unacked.map_or(0.0, |t| t.elapsed().as_secs_f64()),
             resynced_bytes: resynced,
             resync_chunks_skipped: self.counters.resync_skipped.load(Ordering::Relaxed),
