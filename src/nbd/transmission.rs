@@ -269,15 +269,17 @@ impl Session {
         let _ = self.tx.send(Job::Pending(Box::pin(fut)));
     }
 
-    /// Run a write or a flush right here when it is the connection's only
-    /// request and the device takes it inline: the client waits for the
-    /// reply before sending more, so a queue would only add thread wake-ups.
+    /// Run a write or a flush right here when the device takes it inline:
+    /// a small page-cache write at any depth, anything else it offers when
+    /// it is the connection's only request (the client waits for the reply
+    /// before sending more, so a queue would only add thread wake-ups).
     /// Otherwise start it on the device.
     fn run(&self, cookie: u64, permits: Permits, req: Request) {
         // We hold one permit ourselves: all others free means nothing else
         // is in flight or waiting for its reply to be written.
         let alone = self.requests.available_permits() + 1 == self.requests_max;
-        if !alone {
+        let plain_write = matches!(req, Request::Write { fua: false, .. });
+        if !alone && !plain_write {
             return self.start(cookie, permits, req, false);
         }
         let r = run_here(&*self.export.device, req);

@@ -139,11 +139,16 @@ pub(super) async fn dispatch(
             ))
         }
     };
-    // A lone write or flush (nothing else in the order gate) runs on this
-    // task's thread when the engine offers it: the hop to the engine's
-    // thread and back is most of a QD1 write's time on the copy.
+    // A lone write or flush (nothing else in the order gate), or a plain
+    // write that overlaps nothing still in flight, runs on this task's
+    // thread when the engine offers it: the hop to the engine's thread and
+    // back is most of a small write's time on the copy. The engine takes a
+    // plain write at any depth only when it is a small page-cache copy.
     let req = match req {
-        Op::Disk(r) if gate.is_alone(&ticket) => {
+        Op::Disk(r)
+            if gate.is_alone(&ticket)
+                || (ticket.is_ready() && matches!(r, Request::Write { fua: false, .. })) =>
+        {
             let bytes = write_bytes(&r);
             match run_here(&*shared.disk, r) {
                 Inline::Done(res) => {

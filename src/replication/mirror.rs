@@ -250,9 +250,11 @@ async fn replicate(
         drop(ticket);
         return Err(refused(offset, e));
     }
-    // A lone write runs on this thread while the links send: the hop to
-    // the engine's thread and back is most of a QD1 write's local time.
-    let local = if primary.gate.is_alone(&ticket) {
+    // A lone write, or a plain one the engine takes as a small page-cache
+    // copy at any depth, runs on this thread while the links send: the hop
+    // to the engine's thread and back is most of a small write's local time.
+    let plain = matches!(req, Request::Write { fua: false, .. });
+    let local = if plain || primary.gate.is_alone(&ticket) {
         local_io(primary, req).await
     } else {
         storage::call(&*primary.local, req).await

@@ -100,6 +100,11 @@ impl OverlapGate {
 }
 
 impl Ticket {
+    /// Whether every earlier request it overlaps is done: it may run now.
+    pub fn is_ready(&self) -> bool {
+        self.waits.iter().all(|w| w.is_closed())
+    }
+
     /// Wait until every earlier overlapping request has dropped its ticket.
     pub async fn ready(&mut self) {
         for w in self.waits.drain(..) {
@@ -170,5 +175,22 @@ mod tests {
             .is_err());
         drop(first);
         bar.ready().await;
+    }
+
+    #[test]
+    fn a_ticket_is_ready_once_every_earlier_overlapping_request_is_done() {
+        let gate = OverlapGate::new();
+        let first = gate.admit(0, 4096);
+        let second = gate.admit(4095, 2);
+        let apart = gate.admit(4097, 4096);
+        let bar = gate.barrier();
+        assert!(!second.is_ready(), "overlaps the first");
+        assert!(apart.is_ready(), "overlaps nothing earlier");
+        assert!(!bar.is_ready(), "a barrier waits for everything");
+        drop(first);
+        assert!(second.is_ready());
+        assert!(!bar.is_ready());
+        drop((second, apart));
+        assert!(bar.is_ready());
     }
 }
