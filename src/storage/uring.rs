@@ -9,12 +9,14 @@
 //! (the storage bench counts about 0.07 eventfd writes and 0.2
 //! `io_uring_enter` calls per request at queue depth 32).
 //!
-//! A small write or a flush that finds the engine idle runs on the caller's
-//! thread instead ([`BlockDevice::run_inline`]): at queue depth 1 the hop to
-//! the ring thread and back, plus the hop to an io-wq worker (ext4 cannot
-//! start a page-cache write or an fsync without blocking, so io_uring hands
-//! both to a worker), is most of the latency; a page-cache write takes a few
-//! microseconds on the caller's thread, as nbdkit's file plugin does it.
+//! Some requests run on the caller's thread instead
+//! ([`BlockDevice::run_inline`]): a small page-cache write (no FUA) at any
+//! queue depth, and a small FUA or O_DIRECT write or a flush when the
+//! engine is idle. The hop to the ring thread and back, plus the hop to an
+//! io-wq worker (ext4 cannot start a page-cache write or an fsync without
+//! blocking, so io_uring hands both to a worker), costs more than a
+//! page-cache write itself, which takes a few microseconds on the caller's
+//! thread, as nbdkit's file plugin does it.
 //!
 //! Registered buffers are not used: requests arrive in caller-owned
 //! `IoBuf`s, so a registered pool would need a copy per request, and the
@@ -49,8 +51,8 @@ pub struct UringOptions {
     /// (even counting the final flush), O_DIRECT is on par or ahead for
     /// 1 MiB sequential writes and keeps them out of the page cache.
     pub direct_min_bytes: u64,
-    /// Run writes of at most `inline_write_bytes_max` and flushes on the
-    /// caller's thread when nothing else is in flight (see the module doc).
+    /// Run small writes (at most [`INLINE_WRITE_BYTES_MAX`]) and flushes on
+    /// the caller's thread when that is cheaper (see the module doc).
     pub inline: bool,
 }
 
