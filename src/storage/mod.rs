@@ -135,9 +135,10 @@ pub trait BlockDevice: Send + Sync + 'static {
         false
     }
     /// Run `req` on the calling thread, blocking it for the I/O, when that
-    /// is quicker than queueing it: for a small write or a flush while the
-    /// device has nothing else in flight, a queue costs thread wake-ups that
-    /// are most of the latency. Devices without such a path decline.
+    /// is quicker than queueing it: for a small page-cache write, or a flush
+    /// while the device has nothing else in flight, a queue costs thread
+    /// wake-ups that are most of the latency. Devices without such a path
+    /// decline.
     fn run_inline(&self, req: Request) -> Inline {
         Inline::Declined(req)
     }
