@@ -12,6 +12,11 @@ use crate::storage::IoBuf;
 const READ_BUF_BYTES: usize = 256 * 1024;
 /// Pages at least this large skip the read buffer.
 const DIRECT_PAYLOAD_BYTES_MIN: usize = 64 * 1024;
+/// After a large page, the next read takes at most this much: enough for a
+/// write frame's prefix and header, so that its page, if large too, is
+/// received straight into its buffer instead of partly through `buf` (a
+/// copy of up to [`READ_BUF_BYTES`] per frame on a stream of large writes).
+const HEAD_READ_BYTES: usize = 256;
 
 /// Reads whole frames from `R`.
 pub struct FrameReader<R> {
@@ -19,6 +24,8 @@ pub struct FrameReader<R> {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// The last frame had a large page: read the next head on its own.
+    head_only: bool,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -28,6 +35,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             buf: vec![0; READ_BUF_BYTES],
             start: 0,
             end: 0,
+            head_only: false,
         }
     }
 
@@ -61,7 +69,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     self.buf.resize(grown, 0);
                 }
             }
-            let n = self.r.read(&mut self.buf[self.end..]).await?;
+            let mut want = self.buf.len() - self.end;
+            if std::mem::take(&mut self.head_only) {
+                want = want.min(HEAD_READ_BYTES);
+            }
+            let n = self
+                .r
+                .read(&mut self.buf[self.end..self.end + want])
+                .await?;
             if n == 0 {
                 return if self.start == self.end {
                     Ok(None)
@@ -95,6 +110,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             Err(e) => return Err(e.into()),
         };
         wire::check_payload(&head.msg, &page)?;
+        self.head_only = true;
         Ok((head.msg, Some(page)))
     }
 }
@@ -113,4 +129,72 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
         w.write_all(page).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    fn page(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect()
+    }
+
+    fn write(seq: u64, data: &[u8]) -> Msg {
+        Msg::Write {
+            epoch: 1,
+            seq,
+            offset: seq * 4096,
+            len: data.len() as u32,
+            crc: crc32fast::hash(data),
+            fua: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_after_large_pages_parse_whole_however_the_stream_is_cut() {
+        // Large pages back to back, small frames between them, a page just
+        // under the direct size: each one's bytes must come out as sent.
+        let pages = [
+            page(1 << 20, 1),
+            page(200 * 1024, 2),
+            page(4096, 3),
+            page(DIRECT_PAYLOAD_BYTES_MIN - 1, 4),
+            page(4 << 20, 5),
+        ];
+        let mut stream = Vec::new();
+        for (i, p) in pages.iter().enumerate() {
+            stream.extend(wire::encode(&write(i as u64, p), p));
+            stream.extend(wire::encode(
+                &Msg::Ack {
+                    epoch: 1,
+                    seq: 100 + i as u64,
+                },
+                &[],
+            ));
+        }
+        for pipe_bytes in [4096, 64 * 1024, 1 << 20] {
+            let (mut tx, rx) = tokio::io::duplex(pipe_bytes);
+            let sent = stream.clone();
+            let feeder = tokio::spawn(async move {
+                tx.write_all(&sent).await.expect("feed");
+            });
+            let mut r = FrameReader::new(rx);
+            for (i, p) in pages.iter().enumerate() {
+                let (msg, got) = r.next().await.expect("frame").expect("not the end");
+                assert!(matches!(msg, Msg::Write { seq, .. } if seq == i as u64));
+                assert!(
+                    got.expect("a page")[..] == p[..],
+                    "page {i}, pipe {pipe_bytes}"
+                );
+                let (ack, none) = r.next().await.expect("frame").expect("not the end");
+                assert!(matches!(ack, Msg::Ack { seq, .. } if seq == 100 + i as u64));
+                assert!(none.is_none());
+            }
+            feeder.await.expect("feeder");
+            assert!(r.next().await.expect("clean end").is_none());
+        }
+    }
 }
