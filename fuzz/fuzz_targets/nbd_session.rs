@@ -30,7 +30,10 @@ fn export() -> Arc<Export> {
     // SAFETY: fd was just created and is owned by nothing else.
     let file = unsafe { File::from_raw_fd(fd) };
     file.set_len(DISK_BYTES).expect("size the memfd");
-    Arc::new(Export::new("fuzz", Arc::new(PlainEngine::new(file, DISK_BYTES))))
+    Arc::new(Export::new(
+        "fuzz",
+        Arc::new(PlainEngine::new(file, DISK_BYTES)),
+    ))
 }
 
 fuzz_target!(|data: &[u8]| {
