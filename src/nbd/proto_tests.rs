@@ -290,14 +290,15 @@ proptest! {
     }
 }
 
-#[test]
-fn a_scripted_session_writes_through_to_the_disk() {
+/// A client's opening bytes up to its GO for export `name` (fixed newstyle,
+/// no zeroes); requests follow.
+pub(super) fn client_go(name: &str) -> Vec<u8> {
     let mut b = (CLIENT_FIXED_NEWSTYLE | CLIENT_NO_ZEROES)
         .to_be_bytes()
         .to_vec();
     let mut d = Vec::new();
     InfoRequest {
-        name: "e".into(),
+        name: name.into(),
         infos: vec![],
     }
     .encode(&mut d);
@@ -307,6 +308,12 @@ fn a_scripted_session_writes_through_to_the_disk() {
     }
     .encode(&mut b);
     b.extend_from_slice(&d);
+    b
+}
+
+#[test]
+fn a_scripted_session_writes_through_to_the_disk() {
+    let mut b = client_go("e");
     RequestHeader {
         flags: CMD_FLAG_FUA,
         kind: CMD_WRITE,

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use super::consts::*;
-use super::option::{InfoRequest, OptionHeader};
 use super::proto::{ReplyHeader, RequestHeader};
+use super::proto_tests::client_go;
 use super::replay::replay;
 use super::Export;
 use crate::storage::plain::PlainEngine;
@@ -38,21 +38,7 @@ fn reply(cookie: u64) -> Vec<u8> {
 
 #[test]
 fn large_writes_then_small_requests_in_one_stream_land_where_they_belong() {
-    let mut b = (CLIENT_FIXED_NEWSTYLE | CLIENT_NO_ZEROES)
-        .to_be_bytes()
-        .to_vec();
-    let mut d = Vec::new();
-    InfoRequest {
-        name: "e".into(),
-        infos: vec![],
-    }
-    .encode(&mut d);
-    OptionHeader {
-        option: OPT_GO,
-        len: d.len() as u32,
-    }
-    .encode(&mut b);
-    b.extend_from_slice(&d);
+    let mut b = client_go("e");
     // (offset, payload): a large write, one just above the direct-read
     // threshold, tiny and odd-sized ones right behind them.
     let writes: Vec<(u64, Vec<u8>)> = vec![
