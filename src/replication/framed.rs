@@ -102,14 +102,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         page.extend_from_slice(&self.buf[from..from + have]);
         self.start = 0;
         self.end = 0;
-        let page = match page.read_exact_from(&mut self.r).await {
+        // The page's crc is computed piece by piece as it arrives.
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(page.filled_bytes());
+        let page = match page.read_exact_seen(&mut self.r, |p| crc.update(p)).await {
             Ok(()) => page.finish().expect("read_exact_from filled it"),
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                 return Err(ReplicationError::TruncatedFrame)
             }
             Err(e) => return Err(e.into()),
         };
-        wire::check_payload(&head.msg, &page)?;
+        wire::check_page_crc(&head.msg, crc.finalize())?;
         self.head_only = true;
         Ok((head.msg, Some(page)))
     }
@@ -195,6 +198,24 @@ mod tests {
             }
             feeder.await.expect("feeder");
             assert!(r.next().await.expect("clean end").is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_large_page_that_does_not_match_its_crc_is_refused() {
+        for len in [DIRECT_PAYLOAD_BYTES_MIN, 1 << 20] {
+            let p = page(len, 9);
+            let mut frame = wire::encode(&write(1, &p), &p);
+            let last = frame.len() - 1;
+            frame[last] ^= 0x10;
+            let (mut tx, rx) = tokio::io::duplex(16 * 1024);
+            let feeder = tokio::spawn(async move { tx.write_all(&frame).await });
+            let got = FrameReader::new(rx).next().await;
+            assert!(
+                matches!(got, Err(ReplicationError::Checksum { what: "page" })),
+                "{len} B page with a flipped bit: {got:?}"
+            );
+            feeder.await.expect("feeder").expect("fed");
         }
     }
 }

@@ -241,6 +241,18 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, ReplicationError> {
 /// Verify the page of a `Write` against the crc32 its header carries (it
 /// was computed on the production host before sending); a mismatch means
 /// the page is never written.
+/// Check a write's page crc computed by the reader (whose length
+/// [`parse_head`] already matched to the header).
+pub fn check_page_crc(msg: &Msg, got: u32) -> Result<(), ReplicationError> {
+    match msg {
+        Msg::Write { crc, .. } if *crc == got => Ok(()),
+        Msg::Write { .. } => Err(ReplicationError::Checksum { what: "page" }),
+        _ => Err(ReplicationError::Malformed(
+            "payload on a message without one".into(),
+        )),
+    }
+}
+
 pub fn check_payload(msg: &Msg, payload: &[u8]) -> Result<(), ReplicationError> {
     match msg {
         Msg::Write { len, crc, .. } => {

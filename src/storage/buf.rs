@@ -5,6 +5,7 @@ use std::alloc::{self, Layout};
 use std::ptr::NonNull;
 
 pub use super::buf_fill::UninitBuf;
+use super::buf_pool as pool;
 
 /// Alignment of every buffer: the largest logical block size we meet.
 pub const ALIGN: usize = 4096;
@@ -29,11 +30,26 @@ unsafe impl Send for IoBuf {}
 unsafe impl Sync for IoBuf {}
 
 impl IoBuf {
-    /// An allocation of at least `len` bytes (rounded up to [`ALIGN`]),
-    /// zeroed or not; nothing is visible yet (`len` and `init` are 0 unless
-    /// zeroed).
+    /// An allocation of at least `len` bytes (rounded up to [`ALIGN`], or
+    /// to a power of two where the pool recycles it), zeroed or not;
+    /// nothing is visible yet (`len` and `init` are 0 unless zeroed).
     fn alloc(len: usize, zeroed: bool) -> IoBuf {
-        let cap = len.div_ceil(ALIGN).max(1) * ALIGN;
+        let cap = pool::capacity(len);
+        if let Some(ptr) = pool::take(cap) {
+            let mut b = IoBuf {
+                ptr,
+                len: 0,
+                init: 0,
+                cap,
+            };
+            if zeroed {
+                // SAFETY: ptr is valid for cap bytes (a pooled allocation
+                // of exactly this capacity).
+                unsafe { b.ptr.as_ptr().write_bytes(0, cap) };
+                b.init = cap;
+            }
+            return b;
+        }
         let layout = Layout::from_size_align(cap, ALIGN)
             .expect("size rounded to ALIGN cannot overflow isize here");
         // SAFETY: layout has a non-zero size.
@@ -150,6 +166,9 @@ impl std::ops::DerefMut for IoBuf {
 
 impl Drop for IoBuf {
     fn drop(&mut self) {
+        if pool::give(self.ptr, self.cap) {
+            return;
+        }
         let layout =
             Layout::from_size_align(self.cap, ALIGN).expect("layout was valid at allocation");
         // SAFETY: allocated in `alloc` with this same layout.
@@ -196,6 +215,27 @@ mod tests {
         b.set_len(4000);
         assert!(b[..100].iter().all(|&x| x == 7));
         assert!(b[100..].iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn a_recycled_buffer_is_aligned_and_shows_only_zeroes_or_what_was_written() {
+        for len in [64 * 1024, 100_000, 1 << 20, 3 << 20] {
+            let mut dirty = IoBuf::zeroed(len);
+            dirty.fill(0xa5);
+            drop(dirty);
+            let z = IoBuf::zeroed(len);
+            assert_eq!(z.as_ptr() as usize % ALIGN, 0);
+            assert!(z.iter().all(|&x| x == 0), "zeroed({len})");
+            drop(z);
+            let mut dirty = IoBuf::from_slice(&vec![0x5a; len]);
+            dirty.truncate(0);
+            drop(dirty);
+            // An uninitialised buffer shows zeroes where it grows, never
+            // what an earlier owner wrote.
+            let mut u = IoBuf::alloc(len, false);
+            u.set_len(len);
+            assert!(u.iter().all(|&x| x == 0), "grown to {len}");
+        }
     }
 
     #[test]

@@ -134,6 +134,17 @@ impl UninitBuf {
     /// Fill the rest from a stream; end of stream before the target is
     /// `UnexpectedEof`.
     pub async fn read_exact_from<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> io::Result<()> {
+        self.read_exact_seen(r, |_| {}).await
+    }
+
+    /// [`read_exact_from`](Self::read_exact_from), handing each piece to
+    /// `seen` as it lands, while it is still in the CPU's cache (a checksum
+    /// computed there costs less than a second pass over the whole buffer).
+    pub async fn read_exact_seen<R: AsyncRead + Unpin>(
+        &mut self,
+        r: &mut R,
+        mut seen: impl FnMut(&[u8]),
+    ) -> io::Result<()> {
         while !self.is_full() {
             let n = std::future::poll_fn(|cx| {
                 let mut rb = ReadBuf::uninit(self.spare_mut());
@@ -148,6 +159,8 @@ impl UninitBuf {
             // SAFETY: ReadBuf only counts bytes as filled once they have been
             // initialised, and its storage is the start of the spare part.
             unsafe { self.advance(n) };
+            let filled = self.filled_bytes();
+            seen(&filled[filled.len() - n..]);
         }
         Ok(())
     }

@@ -8,6 +8,7 @@
 pub mod bitmap;
 mod buf;
 mod buf_fill;
+mod buf_pool;
 pub mod generation;
 pub mod heap;
 pub mod hosted;
