@@ -11,6 +11,11 @@
 #                   sync mode, copy disk on this machine over loopback TCP; the
 #                   initial full sync is timed and reported as full_sync_MBps
 #          mirror2  the same with two copy sites
+#          fullsync the full sync alone, of SYNC_GB (4) GiB, with the production
+#                   image on a second device (SYNC_PRODDIR=/dev/shm) so that the
+#                   copy's disk is the only one it touches, as when production
+#                   and copy are separate hosts; no fio; SYNC_RUNS (3) rounds,
+#                   each between two raw sequential writes of the same size
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -39,17 +44,19 @@ if [[ ! -f $img || $(stat -c %s "$img") != 1073741824 ]]; then
 fi
 
 # A local group for the mirror targets: one production member, COPIES copy
-# members, one witness; disks of 1 GiB of data in $DATADIR.
+# members, one witness; disks of GIB GiB of data, the copies' in $DATADIR,
+# the production one in PRODDIR.
 GPIDS=()
 start_group() {
-  local copies=$1 base=$((17400 + RANDOM % 1000)) i
+  local copies=$1 proddir=${2:-$DATADIR} gib=${3:-1} base=$((17400 + RANDOM % 1000)) i g
+  local data=$((gib << 30))
   local cfg=$RUN/group.toml
   {
     echo 'group = "bench"'; echo 'mode = "sync"'; echo 'secret = "bench-secret"'
     echo '[[site]]'; echo 'name = "prod"'; echo 'resource = "bench-prod"'
     for i in $(seq 1 "$copies"); do echo '[[site]]'; echo "name = \"dr$i\""; echo "resource = \"bench-dr$i\""; done
     echo '[[member]]'; echo 'name = "p1"'; echo "address = \"127.0.0.1:$base\""
-    echo "disks = [\"$DATADIR/gm-prod.img\"]"; echo "nbd = \"unix:$RUN/prod.sock\""
+    echo "disks = [\"$proddir/gm-prod.img\"]"; echo "nbd = \"unix:$RUN/prod.sock\""
     for i in $(seq 1 "$copies"); do
       echo '[[member]]'; echo "name = \"c$i\""; echo "address = \"127.0.0.1:$((base + i))\""
       echo "disks = [\"$DATADIR/gm-dr$i.img\"]"
@@ -57,8 +64,8 @@ start_group() {
     echo '[[member]]'; echo 'name = "w1"'; echo "address = \"127.0.0.1:$((base + 9))\""
   } >"$cfg"
   local meta=$((1 << 20))   # room for the label and bitmap beyond 1 GiB of data
-  rm -f "$DATADIR"/gm-prod.img "$DATADIR"/gm-dr*.img
-  "$BIN" format --group bench --resource bench-prod --size $((1073741824 + meta)) "$DATADIR/gm-prod.img" >/dev/null
+  rm -f "$DATADIR"/gm-prod.img "$proddir"/gm-prod.img "$DATADIR"/gm-dr*.img
+  "$BIN" format --group bench --resource bench-prod --size $((data + meta)) "$proddir/gm-prod.img" >/dev/null
   # The production data is incompressible pseudo-random bytes (no zero page),
   # written before any copy joins, so the full sync moves real data; the page
   # cache is dropped so the sync reads the disk.
@@ -66,10 +73,12 @@ start_group() {
   if [[ ! -f $seed || $(stat -c %s "$seed") != 1073741824 ]]; then
     head -c 1073741824 /dev/urandom >"$seed"
   fi
-  dd if="$seed" of="$DATADIR/gm-prod.img" bs=4M count=256 oflag=direct conv=fsync,notrunc status=none
+  for g in $(seq 0 $((gib - 1))); do
+    dd if="$seed" of="$proddir/gm-prod.img" bs=4M count=256 seek=$((g * 256)) oflag=direct conv=fsync,notrunc status=none
+  done
   sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
   for i in $(seq 1 "$copies"); do
-    "$BIN" format --group bench --resource "bench-dr$i" --size $((1073741824 + meta)) "$DATADIR/gm-dr$i.img" >/dev/null
+    "$BIN" format --group bench --resource "bench-dr$i" --size $((data + meta)) "$DATADIR/gm-dr$i.img" >/dev/null
   done
   GPIDS=()
   rm -rf "$RUN"/state-*
@@ -127,6 +136,15 @@ local_copy() {
   rm -f "$dst"
   python3 -c "print(f'local copy: 1073741824 B file to file on this disk in {$t1-$t0:.3f} s = {1073741824/($t1-$t0)/1e6:.0f} MB/s (qemu-img convert -t none -T none -W -m 16)')" | tee -a "$RESULTS/full-sync.txt"
 }
+# Sequential write of GIB GiB to FILE as fio does it for rawdisk (io_uring,
+# O_DIRECT), in 4 MiB requests 16 deep like a full sync's.
+raw_write() {
+  local label=$1 file=$2 gib=$3
+  fio --name=raw --filename="$file" --ioengine=io_uring --direct=1 --rw=write --bs=4M \
+    --iodepth=16 --size=$((gib << 30)) --output-format=json 2>/dev/null |
+    python3 -c "import json,sys; j=json.load(sys.stdin)['jobs'][0]['write']; print(f'$label: raw sequential write of {$gib} GiB: {j[\"bw_bytes\"]/1e6:.0f} MB/s (fio io_uring O_DIRECT 4 MiB QD16)')" |
+    tee -a "$RESULTS/full-sync.txt"
+}
 stop_group() {
   local p
   for p in "${GPIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -150,6 +168,20 @@ for t in $TARGETS; do
       start_group "$copies"
       SERVER_PIDS="${GPIDS[*]}" "$BENCH/fio-matrix.sh" "nbd+unix:///bench?socket=$RUN/prod.sock" "geomirror-$t"
       stop_group ;;
+    fullsync)
+      # The disk's speed drifts by minutes on a shared host, so the sync is
+      # also compared with the disk's sequential write of the same bytes
+      # just before it (to a scratch file) and just after (over the copy).
+      # SYNC_RUNS (3) rounds; the summary takes medians.
+      proddir=${SYNC_PRODDIR:-/dev/shm}
+      for _ in $(seq "${SYNC_RUNS:-3}"); do
+        raw_write fullsync-before "$DATADIR/gm-rawscratch.img" "${SYNC_GB:-4}"
+        rm -f "$DATADIR/gm-rawscratch.img"
+        start_group 1 "$proddir" "${SYNC_GB:-4}"
+        stop_group
+        raw_write fullsync-after "$DATADIR/gm-dr1.img" "${SYNC_GB:-4}"
+        rm -f "$proddir/gm-prod.img"
+      done ;;
     *) echo "unknown target $t" >&2; exit 2 ;;
   esac
 done
@@ -162,9 +194,15 @@ if [[ -f $RESULTS/full-sync.txt ]]; then
 import csv,re,sys
 raw=[float(r["MBps"]) for r in csv.DictReader(open(sys.argv[1]))
      if r["label"]=="rawdisk" and r["workload"]=="seqwrite" and r["MBps"]]
-# Each target's local copy line comes just before its full sync lines.
+# Each mirror target's local copy line comes just before its full sync lines;
+# the fullsync target reads another device, so no local copy applies to it.
 local=None
-for line in open(sys.argv[2]).read().splitlines():
+lines=open(sys.argv[2]).read().splitlines()
+adjacent=[int(m.group(1)) for l in lines if l.startswith("fullsync-")
+          for m in [re.search(r": (\d+) MB/s", l)] if m]
+for line in lines:
+    if line.startswith("fullsync:"):
+        local=None
     m=re.search(r"= (\d+) MB/s", line)
     if not m:
         continue
@@ -180,6 +218,14 @@ for line in open(sys.argv[2]).read().splitlines():
     if local:
         out+=f", {rate/local:.2f}x the local copy ({local} MB/s)"
     print(out)
+syncs=[int(m.group(1)) for l in lines if l.startswith("fullsync: full sync")
+       for m in [re.search(r"= (\d+) MB/s", l)] if m]
+if syncs and adjacent:
+    from statistics import median as med
+    print(f"  fullsync, {len(syncs)} runs: median {med(syncs):.0f} MB/s"
+          f" ({'/'.join(map(str, syncs))}) = {100*med(syncs)/med(adjacent):.0f}% of the"
+          f" median raw sequential write just before and after each"
+          f" ({med(adjacent):.0f} MB/s of {'/'.join(map(str, adjacent))})")
 PY
 fi
 echo "results: $RESULTS/results.md"
