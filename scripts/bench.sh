@@ -14,8 +14,10 @@
 #          fullsync the full sync alone, of SYNC_GB (4) GiB, with the production
 #                   image on a second device (SYNC_PRODDIR=/dev/shm) so that the
 #                   copy's disk is the only one it touches, as when production
-#                   and copy are separate hosts; no fio; SYNC_RUNS (3) rounds,
-#                   each between two raw sequential writes of the same size
+#                   and copy are separate hosts, and the copy image fully
+#                   allocated like the peers' image; no fio; SYNC_RUNS (3)
+#                   rounds, each between two raw sequential writes of the
+#                   copy image
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -45,10 +47,11 @@ fi
 
 # A local group for the mirror targets: one production member, COPIES copy
 # members, one witness; disks of GIB GiB of data, the copies' in $DATADIR,
-# the production one in PRODDIR.
+# the production one in PRODDIR. With KEEP set, the copy images already
+# there (see alloc_image) are formatted in place instead of created sparse.
 GPIDS=()
 start_group() {
-  local copies=$1 proddir=${2:-$DATADIR} gib=${3:-1} base=$((17400 + RANDOM % 1000)) i g
+  local copies=$1 proddir=${2:-$DATADIR} gib=${3:-1} keep=${4:-} base=$((17400 + RANDOM % 1000)) i g
   local data=$((gib << 30))
   local cfg=$RUN/group.toml
   {
@@ -64,7 +67,8 @@ start_group() {
     echo '[[member]]'; echo 'name = "w1"'; echo "address = \"127.0.0.1:$((base + 9))\""
   } >"$cfg"
   local meta=$((1 << 20))   # room for the label and bitmap beyond 1 GiB of data
-  rm -f "$DATADIR"/gm-prod.img "$proddir"/gm-prod.img "$DATADIR"/gm-dr*.img
+  rm -f "$DATADIR"/gm-prod.img "$proddir"/gm-prod.img
+  [[ -n $keep ]] || rm -f "$DATADIR"/gm-dr*.img
   "$BIN" format --group bench --resource bench-prod --size $((data + meta)) "$proddir/gm-prod.img" >/dev/null
   # The production data is incompressible pseudo-random bytes (no zero page),
   # written before any copy joins, so the full sync moves real data; the page
@@ -136,13 +140,19 @@ local_copy() {
   rm -f "$dst"
   python3 -c "print(f'local copy: 1073741824 B file to file on this disk in {$t1-$t0:.3f} s = {1073741824/($t1-$t0)/1e6:.0f} MB/s (qemu-img convert -t none -T none -W -m 16)')" | tee -a "$RESULTS/full-sync.txt"
 }
+# FILE as a disk of GIB GiB of data plus the metadata area, every block
+# written, as the peers' raw image is (and a block device is): a sync then
+# overwrites, like the raw write it is compared with.
+alloc_image() {
+  dd if=/dev/zero of="$1" bs=1M count=$(($2 * 1024 + 1)) oflag=direct conv=fsync status=none
+}
 # Sequential write of GIB GiB to FILE as fio does it for rawdisk (io_uring,
-# O_DIRECT), in 4 MiB requests 16 deep like a full sync's.
+# O_DIRECT, 1 MiB requests 16 deep: the matrix's seqwrite), over a fixed size.
 raw_write() {
   local label=$1 file=$2 gib=$3
-  fio --name=raw --filename="$file" --ioengine=io_uring --direct=1 --rw=write --bs=4M \
+  fio --name=raw --filename="$file" --ioengine=io_uring --direct=1 --rw=write --bs=1M \
     --iodepth=16 --size=$((gib << 30)) --output-format=json 2>/dev/null |
-    python3 -c "import json,sys; j=json.load(sys.stdin)['jobs'][0]['write']; print(f'$label: raw sequential write of {$gib} GiB: {j[\"bw_bytes\"]/1e6:.0f} MB/s (fio io_uring O_DIRECT 4 MiB QD16)')" |
+    python3 -c "import json,sys; j=json.load(sys.stdin)['jobs'][0]['write']; print(f'$label: raw sequential write of {$gib} GiB: {j[\"bw_bytes\"]/1e6:.0f} MB/s (fio io_uring O_DIRECT 1 MiB QD16, the seqwrite workload)')" |
     tee -a "$RESULTS/full-sync.txt"
 }
 stop_group() {
@@ -171,13 +181,14 @@ for t in $TARGETS; do
     fullsync)
       # The disk's speed drifts by minutes on a shared host, so the sync is
       # also compared with the disk's sequential write of the same bytes
-      # just before it (to a scratch file) and just after (over the copy).
-      # SYNC_RUNS (3) rounds; the summary takes medians.
+      # of the same file just before it and just after it. SYNC_RUNS (3)
+      # rounds; the summary takes medians.
       proddir=${SYNC_PRODDIR:-/dev/shm}
       for _ in $(seq "${SYNC_RUNS:-3}"); do
-        raw_write fullsync-before "$DATADIR/gm-rawscratch.img" "${SYNC_GB:-4}"
-        rm -f "$DATADIR/gm-rawscratch.img"
-        start_group 1 "$proddir" "${SYNC_GB:-4}"
+        rm -f "$DATADIR/gm-dr1.img"
+        alloc_image "$DATADIR/gm-dr1.img" "${SYNC_GB:-4}"
+        raw_write fullsync-before "$DATADIR/gm-dr1.img" "${SYNC_GB:-4}"
+        start_group 1 "$proddir" "${SYNC_GB:-4}" keep
         stop_group
         raw_write fullsync-after "$DATADIR/gm-dr1.img" "${SYNC_GB:-4}"
         rm -f "$proddir/gm-prod.img"
