@@ -4,6 +4,10 @@
 #
 # usage: scripts/bench.sh [PEER ...]      default peers: nbdkit-file qemu-nbd-direct
 # env:   RUNTIME=10 REPEAT=2 WORKLOADS=... (passed to fio-matrix.sh)
+#        ROUNDS=1   times the whole list (targets, then peers) is run; rounds
+#                   interleave every target and peer in time, where REPEAT
+#                   repeats each one back to back (the disk here drifts by
+#                   minutes, so interleaved rounds compare more fairly)
 #        SHARED=../shared  DATADIR=/var/tmp/bench-data  RESULTS=/tmp/nbd-bench/<stamp>
 #        TARGETS="serve mirror"   which geomirror set-ups to measure:
 #          serve    geomirror serve on the image (no mirroring)
@@ -162,42 +166,45 @@ stop_group() {
   GPIDS=()
 }
 
-for t in $TARGETS; do
-  sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
-  case $t in
-    serve)
-      sock=$RUN/serve.sock
-      "$BIN" serve --disk "$img" --listen "unix:$sock" >"$RESULTS/geomirror-serve.log" 2>&1 &
-      PID=$!
-      for _ in $(seq 100); do nbdinfo --size "nbd+unix:///?socket=$sock" >/dev/null 2>&1 && break; sleep 0.1; done
-      SERVER_PIDS=$PID "$BENCH/fio-matrix.sh" "nbd+unix:///?socket=$sock" geomirror-serve
-      kill "$PID"; wait "$PID" || true; PID= ;;
-    mirror|mirror2)
-      copies=1; [[ $t == mirror2 ]] && copies=2
-      local_copy
-      start_group "$copies"
-      SERVER_PIDS="${GPIDS[*]}" "$BENCH/fio-matrix.sh" "nbd+unix:///bench?socket=$RUN/prod.sock" "geomirror-$t"
-      stop_group ;;
-    fullsync)
-      # The disk's speed drifts by minutes on a shared host, so the sync is
-      # also compared with the disk's sequential write of the same bytes
-      # of the same file just before it and just after it. SYNC_RUNS (3)
-      # rounds; the summary takes medians.
-      proddir=${SYNC_PRODDIR:-/dev/shm}
-      for _ in $(seq "${SYNC_RUNS:-3}"); do
-        rm -f "$DATADIR/gm-dr1.img"
-        alloc_image "$DATADIR/gm-dr1.img" "${SYNC_GB:-4}"
-        raw_write fullsync-before "$DATADIR/gm-dr1.img" "${SYNC_GB:-4}"
-        start_group 1 "$proddir" "${SYNC_GB:-4}" keep
-        stop_group
-        raw_write fullsync-after "$DATADIR/gm-dr1.img" "${SYNC_GB:-4}"
-        rm -f "$proddir/gm-prod.img"
-      done ;;
-    *) echo "unknown target $t" >&2; exit 2 ;;
-  esac
-done
+for round in $(seq "${ROUNDS:-1}"); do
+  echo "=== round $round of ${ROUNDS:-1}" >&2
+  for t in $TARGETS; do
+    sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
+    case $t in
+      serve)
+        sock=$RUN/serve.sock
+        "$BIN" serve --disk "$img" --listen "unix:$sock" >"$RESULTS/geomirror-serve.log" 2>&1 &
+        PID=$!
+        for _ in $(seq 100); do nbdinfo --size "nbd+unix:///?socket=$sock" >/dev/null 2>&1 && break; sleep 0.1; done
+        SERVER_PIDS=$PID "$BENCH/fio-matrix.sh" "nbd+unix:///?socket=$sock" geomirror-serve
+        kill "$PID"; wait "$PID" || true; PID= ;;
+      mirror|mirror2)
+        copies=1; [[ $t == mirror2 ]] && copies=2
+        local_copy
+        start_group "$copies"
+        SERVER_PIDS="${GPIDS[*]}" "$BENCH/fio-matrix.sh" "nbd+unix:///bench?socket=$RUN/prod.sock" "geomirror-$t"
+        stop_group ;;
+      fullsync)
+        # The disk's speed drifts by minutes on a shared host, so the sync is
+        # also compared with the disk's sequential write of the same bytes
+        # of the same file just before it and just after it. SYNC_RUNS (3)
+        # rounds; the summary takes medians.
+        proddir=${SYNC_PRODDIR:-/dev/shm}
+        for _ in $(seq "${SYNC_RUNS:-3}"); do
+          rm -f "$DATADIR/gm-dr1.img"
+          alloc_image "$DATADIR/gm-dr1.img" "${SYNC_GB:-4}"
+          raw_write fullsync-before "$DATADIR/gm-dr1.img" "${SYNC_GB:-4}"
+          start_group 1 "$proddir" "${SYNC_GB:-4}" keep
+          stop_group
+          raw_write fullsync-after "$DATADIR/gm-dr1.img" "${SYNC_GB:-4}"
+          rm -f "$proddir/gm-prod.img"
+        done ;;
+      *) echo "unknown target $t" >&2; exit 2 ;;
+    esac
+  done
 
-"$BENCH/peers.sh" "${PEERS[@]}"
+  "$BENCH/peers.sh" "${PEERS[@]}"
+done
 python3 "$BENCH/tools/summarize.py" "$RESULTS/results.csv" "$RESULTS/results.md" >/dev/null
 # Full sync against the raw disk's sequential write of this same run.
 if [[ -f $RESULTS/full-sync.txt ]]; then
@@ -205,6 +212,8 @@ if [[ -f $RESULTS/full-sync.txt ]]; then
 import csv,re,sys
 raw=[float(r["MBps"]) for r in csv.DictReader(open(sys.argv[1]))
      if r["label"]=="rawdisk" and r["workload"]=="seqwrite" and r["MBps"]]
+# With several rounds, the median of the rawdisk's runs.
+raw=[sorted(raw)[len(raw)//2]] if raw else []
 # Each mirror target's local copy line comes just before its full sync lines;
 # the fullsync target reads another device, so no local copy applies to it.
 local=None
