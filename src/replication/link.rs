@@ -107,9 +107,13 @@ pub(crate) struct Item {
     /// Bytes of the volume the request covers (a zero range has no page).
     pub covered_bytes: u64,
     pub enqueued: Instant,
-    pub _permit: Option<OwnedSemaphorePermit>,
     /// This request's page bytes, counted in the link's lag while it lives.
+    /// Declared before `_permit` so that it drops first: the lag is taken
+    /// off before the window room is given back, and a request admitted
+    /// into that room never finds this one still counted (the lag stays
+    /// within the window).
     pub _lag: LagBytes,
+    pub _permit: Option<OwnedSemaphorePermit>,
 }
 
 /// Page bytes counted in a link's lag from when a request is queued until it
@@ -306,8 +310,8 @@ impl CopyLink {
             resync_chunks,
             reply: Some(tx),
             enqueued: Instant::now(),
-            _permit: Some(permit),
             _lag: LagBytes::new(&self.counters.lag_bytes, op.page_bytes()),
+            _permit: Some(permit),
         };
         if let Err(q) = session.push(self, Queued { op, lease, item }) {
             let Queued { op, lease, item } = *q;
