@@ -168,7 +168,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .map(|s| s.parse())
             .collect::<Result<_, _>>()?
     };
-    keep_payload_buffers_in_the_heap();
+    // main() has done so already; a library caller gets it here (once).
+    storage::heap::keep_buffers_in_heap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.async_threads.max(1))
         .enable_all()
@@ -229,20 +230,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!("stopped");
         anyhow::Ok(())
     })
-}
-
-/// Every request allocates an aligned payload buffer (up to 32 MiB). By default
-/// glibc serves those from fresh mmaps and returns them on free, so each 1 MiB
-/// request page-faults 256 times; keeping them in the heap avoids that. Memory
-/// stays bounded by the bytes-in-flight limits of the connections.
-fn keep_payload_buffers_in_the_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only tunes glibc's allocator; called before any thread
-    // of ours starts, with values inside its documented ranges.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
-    }
 }
 
 fn print_usage(uri: &str, name: &str) {

@@ -278,7 +278,7 @@ impl Session {
         // We hold one permit ourselves: all others free means nothing else
         // is in flight or waiting for its reply to be written.
         let alone = self.requests.available_permits() + 1 == self.requests_max;
-        let plain_write = matches!(req, Request::Write { fua: false, .. });
+        let plain_write = req.is_plain_write();
         if !alone && !plain_write {
             return self.start(cookie, permits, req, false);
         }

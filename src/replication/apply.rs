@@ -145,10 +145,7 @@ pub(super) async fn dispatch(
     // back is most of a small write's time on the copy. The engine takes a
     // plain write at any depth only when it is a small page-cache copy.
     let req = match req {
-        Op::Disk(r)
-            if gate.is_alone(&ticket)
-                || (ticket.is_ready() && matches!(r, Request::Write { fua: false, .. })) =>
-        {
+        Op::Disk(r) if gate.is_alone(&ticket) || (ticket.is_ready() && r.is_plain_write()) => {
             let bytes = write_bytes(&r);
             match run_here(&*shared.disk, r) {
                 Inline::Done(res) => {

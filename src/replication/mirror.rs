@@ -253,7 +253,7 @@ async fn replicate(
     // A lone write, or a plain one the engine takes as a small page-cache
     // copy at any depth, runs on this thread while the links send: the hop
     // to the engine's thread and back is most of a small write's local time.
-    let plain = matches!(req, Request::Write { fua: false, .. });
+    let plain = req.is_plain_write();
     let local = if plain || primary.gate.is_alone(&ticket) {
         local_io(primary, req).await
     } else {

@@ -255,17 +255,14 @@ pub fn check_page_crc(msg: &Msg, got: u32) -> Result<(), ReplicationError> {
 
 pub fn check_payload(msg: &Msg, payload: &[u8]) -> Result<(), ReplicationError> {
     match msg {
-        Msg::Write { len, crc, .. } => {
+        Msg::Write { len, .. } => {
             if *len as usize != payload.len() {
                 return Err(ReplicationError::Malformed(format!(
                     "write of {len} bytes carries {} bytes",
                     payload.len()
                 )));
             }
-            if crc32fast::hash(payload) != *crc {
-                return Err(ReplicationError::Checksum { what: "page" });
-            }
-            Ok(())
+            check_page_crc(msg, crc32fast::hash(payload))
         }
         _ if !payload.is_empty() => Err(ReplicationError::Malformed(
             "payload on a message without one".into(),

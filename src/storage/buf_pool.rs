@@ -1,9 +1,10 @@
 //! Recycling of large [`IoBuf`](super::IoBuf) allocations.
 //!
-//! A fresh multi-megabyte allocation comes from `mmap`, and every page of it
-//! faults and is zeroed by the kernel on first touch, which is most often an
-//! O_DIRECT read or a socket receive about to overwrite it anyway. On a full
-//! sync that was a fifth of the production host's CPU. Freed buffers of
+//! Even with the allocator thresholds of [`heap`](super::heap), the large
+//! buffers of a full sync (allocated on one thread, freed on another) kept
+//! coming back with fresh pages, each faulted in and zeroed by the kernel on
+//! first touch, which is most often an O_DIRECT read or a socket receive
+//! about to overwrite it anyway: a fifth of all CPU in a profile. Freed buffers of
 //! [`POOLED_BYTES_MIN`] ..= [`POOLED_BYTES_MAX`] are kept here instead, by
 //! power-of-two size class, up to [`KEPT_BYTES_MAX`] in all, and handed out
 //! again with their pages already mapped. Like DRBD's page pool, the memory

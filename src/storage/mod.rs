@@ -95,6 +95,15 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// A write without FUA: one that a device may take as a page-cache copy
+    /// on the caller's thread whatever else is in flight
+    /// ([`BlockDevice::run_inline`]).
+    pub fn is_plain_write(&self) -> bool {
+        matches!(self, Request::Write { fua: false, .. })
+    }
+}
+
 /// What a completed request hands back.
 #[derive(Debug)]
 pub enum Reply {

@@ -258,11 +258,11 @@ impl Worker {
             .expect("push is called on a live slot");
         let pos = op.offset + op.done_bytes;
         let rest = op.len - op.done_bytes;
-        let aligned = pos % self.disk.align == 0 && rest % self.disk.align == 0;
-        let fd = match &self.disk.direct {
-            Some((d, min)) if aligned && op.len >= *min => types::Fd(d.as_raw_fd()),
-            _ => types::Fd(self.disk.file.as_raw_fd()),
-        };
+        let file = self
+            .disk
+            .direct_file(pos, rest, op.len)
+            .unwrap_or(&self.disk.file);
+        let fd = types::Fd(file.as_raw_fd());
         // A single SQE moves at most u32::MAX bytes; requests are u32-sized
         // already, so this only bounds zero-writing.
         let chunk = rest.min(u64::from(u32::MAX)) as u32;

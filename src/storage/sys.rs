@@ -210,9 +210,11 @@ pub fn ofd_write_lock(file: &File) -> io::Result<LockOutcome> {
     fl.l_type = libc::F_WRLCK as _;
     fl.l_whence = libc::SEEK_SET as _;
     fl.l_start = 0;
-    fl.l_len = 0; // to the end of the file, however it grows
-    fl.l_pid = 0; // required 0 for OFD locks
-                  // SAFETY: F_OFD_SETLK reads the flock struct through a pointer to a live local.
+    // To the end of the file, however it grows.
+    fl.l_len = 0;
+    // Required 0 for OFD locks.
+    fl.l_pid = 0;
+    // SAFETY: F_OFD_SETLK reads the flock struct through a pointer to a live local.
     let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
     if rc == 0 {
         return Ok(LockOutcome::Taken);

@@ -114,6 +114,7 @@ impl Waker {
 }
 
 /// The disk a worker serves and how.
+#[derive(Clone)]
 pub(crate) struct Disk {
     pub(crate) file: Arc<File>,
     /// The O_DIRECT description and the smallest request sent through it.
@@ -125,14 +126,25 @@ pub(crate) struct Disk {
     pub(crate) depth: u32,
 }
 
+impl Disk {
+    /// The O_DIRECT description, when the `rest` bytes at `pos` of a
+    /// request of `len` bytes go through it: both aligned, and the request
+    /// at least the direct minimum. The ring and the inline path choose
+    /// with this, so a request takes the same path either way.
+    pub(crate) fn direct_file(&self, pos: u64, rest: u64, len: u64) -> Option<&Arc<File>> {
+        self.direct
+            .as_ref()
+            .filter(|(_, min)| pos % self.align == 0 && rest % self.align == 0 && len >= *min)
+            .map(|(d, _)| d)
+    }
+}
+
 /// A disk served by an io_uring on its own thread.
 pub struct UringEngine {
     tx: Option<mpsc::Sender<Msg>>,
     waker: Arc<Waker>,
-    file: Arc<File>,
-    /// The O_DIRECT description and its smallest request, for inline writes.
-    direct: Option<(Arc<File>, u64)>,
-    align: u64,
+    /// The ring thread's disk, for the inline path.
+    disk: Disk,
     inline: bool,
     size: u64,
     thread: Option<JoinHandle<()>>,
@@ -164,12 +176,13 @@ impl UringEngine {
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let w_waker = waker.clone();
         let disk = Disk {
-            file: file.clone(),
-            direct: direct.clone(),
+            file,
+            direct,
             align,
             block,
             depth,
         };
+        let ring_disk = disk.clone();
         // The ring is made on its own thread: it is set up single-issuer,
         // so only the thread that creates it may submit to it.
         let thread = std::thread::Builder::new()
@@ -177,7 +190,7 @@ impl UringEngine {
             .spawn(move || match sys::new_ring(depth) {
                 Ok(ring) => {
                     let _ = ready_tx.send(Ok(()));
-                    Worker::new(ring, rx, w_waker, disk).run();
+                    Worker::new(ring, rx, w_waker, ring_disk).run();
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -194,9 +207,7 @@ impl UringEngine {
         Ok(UringEngine {
             tx: Some(tx),
             waker,
-            file,
-            direct,
-            align,
+            disk,
             inline: opts.inline,
             size,
             thread: Some(thread),
@@ -205,13 +216,6 @@ impl UringEngine {
 }
 
 impl UringEngine {
-    /// Whether a write of `len` bytes at `offset` goes through the O_DIRECT
-    /// description (the ring makes the same choice).
-    fn goes_direct(&self, offset: u64, len: u64) -> bool {
-        matches!(&self.direct, Some((_, min))
-            if offset % self.align == 0 && len % self.align == 0 && len >= *min)
-    }
-
     /// What the engine has done so far (for benchmarks and diagnostics).
     pub fn stats(&self) -> UringStats {
         UringStats {
@@ -275,7 +279,7 @@ impl BlockDevice for UringEngine {
             Request::Write { offset, data, fua } => {
                 let len = data.len() as u64;
                 len <= INLINE_WRITE_BYTES_MAX as u64
-                    && (idle || (!fua && !self.goes_direct(*offset, len)))
+                    && (idle || (!fua && self.disk.direct_file(*offset, len, len).is_none()))
             }
             Request::Flush => idle,
             _ => false,
@@ -295,17 +299,17 @@ impl BlockDevice for UringEngine {
                 }
                 // The same choice of description as the ring makes.
                 let len = data.len() as u64;
-                let file = match &self.direct {
-                    Some((d, _)) if self.goes_direct(offset, len) => d,
-                    _ => &self.file,
-                };
+                let file = self
+                    .disk
+                    .direct_file(offset, len, len)
+                    .unwrap_or(&self.disk.file);
                 let flags = if fua { sys::RWF_DSYNC } else { 0 };
                 sys::pwrite_all(file, &data, offset, flags).map_err(io(offset))
             }
             // fdatasync covers every write completed before it, through
             // either description and from any thread (NBD `doc/proto.md`
             // "NBD_CMD_FLUSH"; CAN_MULTI_CONN relies on it).
-            Request::Flush => self.file.sync_data().map_err(io(0)),
+            Request::Flush => self.disk.file.sync_data().map_err(io(0)),
             other => return Inline::Declined(other),
         };
         self.waker.inline.fetch_add(1, Ordering::Relaxed);
@@ -314,7 +318,8 @@ impl BlockDevice for UringEngine {
 
     fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>, StorageError> {
         check_range(offset, len, self.size)?;
-        sys::extents(&self.file, offset, len).map_err(|source| StorageError::Io { offset, source })
+        sys::extents(&self.disk.file, offset, len)
+            .map_err(|source| StorageError::Io { offset, source })
     }
 }
 
