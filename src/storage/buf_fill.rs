@@ -55,9 +55,8 @@ impl UninitBuf {
     /// The part still to write.
     pub fn spare_mut(&mut self) -> &mut [MaybeUninit<u8>] {
         let filled = self.buf.len();
-        // SAFETY: filled <= target <= capacity, so the range lies in the
-        // allocation; MaybeUninit<u8> may hold any (or no) value, and
-        // &mut self makes the access exclusive.
+        // SAFETY: filled <= target <= capacity, so the range is in the allocation;
+        // MaybeUninit<u8> may hold any (or no) value; &mut self is exclusive.
         unsafe {
             std::slice::from_raw_parts_mut(
                 self.buf.raw().add(filled).cast::<MaybeUninit<u8>>(),

@@ -11,11 +11,9 @@
 //! freed buffers for the next request; what stays resident is bounded by
 //! the buffers in flight (NBD pages in flight, the link window, resync reads).
 //!
-//! The thresholds alone did not stop it for a full sync's buffers, which
-//! are allocated on one thread and freed on another: a profile still showed
-//! a fifth of its CPU in faulting and clearing fresh pages. [`IoBuf`](super::IoBuf)s of 64 KiB to 32 MiB
-//! are therefore recycled by the buffer pool (`buf_pool`); these
-//! thresholds cover what the pool does not keep.
+//! [`IoBuf`](super::IoBuf)s of 64 KiB to 32 MiB are recycled by the buffer
+//! pool (`buf_pool`, which says why the thresholds alone were not enough);
+//! these thresholds cover what the pool does not keep.
 
 /// Allocations at least this large are mmapped (well above any request).
 const MMAP_THRESHOLD_BYTES: i32 = 32 << 20;
@@ -30,9 +28,8 @@ pub fn keep_buffers_in_heap() -> bool {
     *APPLIED.get_or_init(|| {
         #[cfg(target_env = "gnu")]
         {
-            // SAFETY: mallopt only sets allocator parameters and takes
-            // glibc's own lock. A refused value (0 returned) leaves that
-            // default in place.
+            // SAFETY: mallopt only sets allocator parameters, under glibc's own
+            // lock; a refused value (0 returned) leaves that default in place.
             unsafe {
                 libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
                     && libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1
