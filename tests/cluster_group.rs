@@ -8,25 +8,9 @@ mod common;
 use std::os::unix::fs::FileExt;
 use std::process::Command;
 
-use cluster_support::{agreed_view, host_of, member_state, Cluster, Spec};
+use cluster_support::{host_of, member_state, Cluster, Spec};
 
 /// Waits until every running member reports the same group view; returns it.
-fn wait_agreement(c: &Cluster, members: &[&str]) -> String {
-    let mut views = Vec::new();
-    common::wait_until(
-        "every member reports the same group",
-        cluster_support::SETTLE,
-        || {
-            views = members
-                .iter()
-                .map(|m| c.status(m).map(|s| agreed_view(&s)).unwrap_or_default())
-                .collect();
-            !views[0].is_empty() && views.iter().all(|v| v == &views[0])
-        },
-    );
-    views.swap_remove(0)
-}
-
 /// `nbdinfo --size` of the volume served by `member`.
 fn nbd_size(c: &Cluster, member: &str) -> u64 {
     let out = common::run_ok(
@@ -41,7 +25,7 @@ fn run_start_order(spec: Spec, order: &[&str]) {
     let mut c = Cluster::new(spec);
     c.start_all(order);
     let s = c.wait_synced(order[0]);
-    let view = wait_agreement(&c, order);
+    let view = c.wait_all_joined(order);
     for m in order {
         assert!(
             view.contains(&format!("{m} joined")),

@@ -16,23 +16,11 @@ const TRIO: [(&str, Option<usize>); 3] = [("a1", Some(0)), ("b1", Some(1)), ("w1
 /// volume reaches the copy.
 fn assert_one_group_mirroring(c: &mut Cluster, members: &[&str]) {
     let s = c.wait_synced(members[0]);
-    let mut views = Vec::new();
-    common::wait_until(
-        "every member reports the same group",
-        cluster_support::SETTLE,
-        || {
-            views = members
-                .iter()
-                .map(|m| c.status(m).map(|s| agreed_view(&s)).unwrap_or_default())
-                .collect();
-            !views[0].is_empty() && views.iter().all(|v| v == &views[0])
-        },
-    );
+    let view = c.wait_all_joined(members);
     for m in members {
         assert!(
-            views[0].contains(&format!("{m} joined")),
-            "{m} not joined in:\n{}",
-            views[0]
+            view.contains(&format!("{m} joined")),
+            "{m} not joined in:\n{view}"
         );
         c.assert_running(m);
     }

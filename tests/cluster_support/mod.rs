@@ -299,6 +299,30 @@ impl Cluster {
         self.wait_status(member, "every copy in sync", all_synced)
     }
 
+    /// Waits until every one of `members` reports the same group, with
+    /// every one of them joined, and returns that view. Agreement alone is
+    /// not enough: the members may agree on a group whose last joins are
+    /// still being committed.
+    pub fn wait_all_joined(&self, members: &[&str]) -> String {
+        let mut views = Vec::new();
+        common::wait_until(
+            "every member reports the same group, with every member joined",
+            SETTLE,
+            || {
+                views = members
+                    .iter()
+                    .map(|m| self.status(m).map(|s| agreed_view(&s)).unwrap_or_default())
+                    .collect();
+                !views[0].is_empty()
+                    && views.iter().all(|v| v == &views[0])
+                    && members
+                        .iter()
+                        .all(|m| views[0].contains(&format!("{m} joined")))
+            },
+        );
+        views.swap_remove(0)
+    }
+
     /// Sends SIGTERM to `member` and asserts a clean exit.
     pub fn stop(&mut self, member: &str) {
         if let Some(p) = self.procs.get(member) {
