@@ -12,3 +12,5 @@ mod harness;
 mod inline;
 mod lending;
 mod outage;
+mod power;
+mod volatile;
