@@ -1,5 +1,5 @@
-//! The faulty disk the failure tests stand on: `geomirror format` and `serve`
-//! run on it unchanged, and its faults reach a real NBD client as errors.
+//! The faulty disk the failure tests stand on: `geomirror format`, `serve`
+//! and `up` run on it unchanged, and its faults reach a real NBD client as errors.
 
 mod common;
 mod faulty_support;
@@ -110,7 +110,7 @@ fn is_eio(out: &str) -> bool {
 }
 
 fn ready() -> bool {
-    common::require(&["qemu-io"]) && require_fuse()
+    common::require(&["qemu-io", "qemu-img"]) && require_fuse()
 }
 
 #[test]
@@ -259,6 +259,75 @@ fn a_pid_fault_fails_one_process_and_not_the_next_host() {
     );
 }
 
+/// Every engine `serve` and `up` can run opens, locks and serves the file:
+/// page-cache writes, O_DIRECT through io_uring, pread/pwrite, extents.
+#[test]
+fn every_engine_serves_the_faulty_disk() {
+    if !ready() {
+        return;
+    }
+    let disk = FaultyDisk::new(DISK_BYTES);
+    format(disk.path());
+    for (i, engine) in ["uring", "uring-buffered", "uring-direct", "plain"]
+        .into_iter()
+        .enumerate()
+    {
+        let direct_before = disk.counters().direct_opens;
+        let s = serve(&disk, engine, engine);
+        let offset = i as u64 * BIG;
+        let pattern = 0x50 + i as u8;
+        qemu_io(&s.uri, &format!("write -P 0x{pattern:02x} {offset} {BIG}"))
+            .unwrap_or_else(|e| panic!("{engine}: write: {e}"));
+        qemu_io(&s.uri, &format!("read -P 0x{pattern:02x} {offset} {BIG}"))
+            .unwrap_or_else(|e| panic!("{engine}: read back: {e}"));
+        // A second open of the file by another process is refused while
+        // this one holds it: the OFD lock works across the mount.
+        let held = Command::new(bin())
+            .args(["serve", "--disk"])
+            .arg(disk.path())
+            .args(["--listen", "unix:/nonexistent/sock"])
+            .output()
+            .expect("run a second serve");
+        assert!(
+            !held.status.success()
+                && String::from_utf8_lossy(&held.stderr).contains("held by another process"),
+            "{engine}: a second serve is refused: {}",
+            String::from_utf8_lossy(&held.stderr)
+        );
+        if engine == "uring-direct" {
+            assert!(
+                disk.counters().direct_opens > direct_before,
+                "the direct engine opened the file with O_DIRECT"
+            );
+        }
+        drop(s);
+    }
+    // A discard punches a hole (fallocate) and block status sees it
+    // (SEEK_DATA/SEEK_HOLE): both pass through to the backing file.
+    let s = serve(&disk, "extents", "uring");
+    qemu_io(&s.uri, &format!("discard 0 {BIG}")).expect("discard");
+    qemu_io(&s.uri, &format!("read -P 0 0 {BIG}")).expect("a discarded range reads as zeroes");
+    let map = run_ok(Command::new("qemu-img").args(["map", "--output=json", "-f", "raw", &s.uri]));
+    let map: serde_json::Value = serde_json::from_str(&map).expect("qemu-img map JSON");
+    let data_at = |offset: u64| {
+        map.as_array()
+            .expect("a list of extents")
+            .iter()
+            .find(|e| {
+                let (start, len) = (e["start"].as_u64(), e["length"].as_u64());
+                start
+                    .zip(len)
+                    .is_some_and(|(s, l)| s <= offset && offset < s + l)
+            })
+            .and_then(|e| e["data"].as_bool())
+            .unwrap_or_else(|| panic!("no extent at {offset}: {map}"))
+    };
+    assert!(!data_at(0), "the discarded range is a hole: {map}");
+    assert!(data_at(BIG), "the next engine's write is data: {map}");
+    let c = disk.counters();
+    assert_eq!((c.writes.failed, c.reads.failed, c.syncs.failed), (0, 0, 0));
+}
+
 #[test]
 fn the_disk_unmounts_when_a_test_panics_while_a_member_uses_it() {
     if !ready() {
@@ -324,4 +393,121 @@ fn a_pid_fault_matches_every_thread_of_that_process() {
     thread.join().expect("thread");
     // Pid 1 (init) is another process.
     assert_eq!(f.check(Op::Read, 0..1, 1), None);
+}
+
+/// Patience for a group to form and sync its copy on two shared cores.
+const GROUP_WAIT: Duration = Duration::from_secs(60);
+
+/// `geomirror up` hosts production on the faulty disk unchanged: it locks
+/// it, fully syncs the copy from it and mirrors writes, through the mount.
+#[test]
+fn a_member_hosts_production_on_the_faulty_disk() {
+    if !ready() {
+        return;
+    }
+    let disk = FaultyDisk::new(DISK_BYTES);
+    let d = disk.dir();
+    let dr = d.join("dr.img");
+    let size = DISK_BYTES.to_string();
+    for (path, resource) in [(disk.path(), "vol0-prod"), (dr.as_path(), "vol0-dr")] {
+        run_ok(
+            Command::new(bin())
+                .args(["format", "--group", "vol0", "--resource", resource])
+                .args(["--size", &size])
+                .arg(path),
+        );
+    }
+    let sock = d.join("a1.sock");
+    let config = d.join("domain.toml");
+    let addr = || format!("127.0.0.1:{}", common::free_port());
+    let text = format!(
+        r#"group = "vol0"
+mode = "sync"
+secret = "faulty disk"
+
+[[site]]
+name = "prod"
+resource = "vol0-prod"
+[[site]]
+name = "dr"
+resource = "vol0-dr"
+
+[[member]]
+name = "a1"
+address = "{}"
+disks = ["{}"]
+nbd = "unix:{}"
+[[member]]
+name = "b1"
+address = "{}"
+disks = ["{}"]
+[[member]]
+name = "w1"
+address = "{}"
+"#,
+        addr(),
+        disk.path().display(),
+        sock.display(),
+        addr(),
+        dr.display(),
+        addr(),
+    );
+    std::fs::write(&config, text).expect("write the recovery domain");
+    let cfg = config.to_str().expect("utf-8 path");
+    // Declared after the disk: the members are killed before it unmounts.
+    let _members: Vec<Proc> = ["a1", "b1", "w1"]
+        .into_iter()
+        .map(|m| {
+            let state = d.join(format!("state-{m}"));
+            Proc::geomirror(
+                &[
+                    "up",
+                    "--config",
+                    cfg,
+                    "--member",
+                    m,
+                    "--state-dir",
+                    state.to_str().expect("utf-8 path"),
+                    "--fail-timeout-ms",
+                    "1500",
+                ],
+                &d.join(format!("{m}.log")),
+            )
+        })
+        .collect();
+    common::wait_until("a1 to mirror to an UpToDate copy", GROUP_WAIT, || {
+        let out = Command::new(bin())
+            .args(["status", "--json", "--config", cfg, "--member", "a1"])
+            .output();
+        out.ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+            .is_some_and(|s| {
+                s["resources"][1]["state"] == "UpToDate"
+                    && s["mirroring"][0]["state"] == "mirroring"
+            })
+    });
+    let data_bytes = Label::read_path(disk.backing())
+        .expect("the label")
+        .data_size();
+    let reads_before = disk.counters().reads;
+    assert!(
+        reads_before.bytes >= data_bytes,
+        "the full sync read the whole data area through the mount: {reads_before:?}"
+    );
+
+    let uri = format!("nbd+unix:///vol0?socket={}", sock.display());
+    qemu_io(&uri, &format!("write -P 0x5a 0 {BIG}")).expect("a write through the member");
+    qemu_io(&uri, &format!("read -P 0x5a 0 {BIG}")).expect("reads back");
+    assert_backing(&disk, 0, 0x5a);
+    let copy = std::fs::File::open(&dr).expect("open the copy disk");
+    let mut buf = vec![0u8; BIG as usize];
+    copy.read_exact_at(&mut buf, 0).expect("read the copy disk");
+    assert!(buf.iter().all(|&b| b == 0x5a), "the copy has the write");
+    let c = disk.counters();
+    assert!(
+        c.reads.bytes > reads_before.bytes,
+        "reads reach the mount: {c:?}"
+    );
+    assert_eq!((c.writes.failed, c.reads.failed, c.syncs.failed), (0, 0, 0));
 }
