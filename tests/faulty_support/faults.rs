@@ -10,8 +10,9 @@ use std::sync::Mutex;
 pub enum Op {
     /// read(2), preadv(2), an io_uring read.
     Read,
-    /// A write of data: write(2), pwritev(2), an io_uring write, and
-    /// fallocate(2) that punches or zeroes a range.
+    /// A write of data: write(2), pwritev(2), an io_uring write, and every
+    /// fallocate(2) (punch, zero range, allocate). A write a fault fails
+    /// leaves the file as it was.
     Write,
     /// fsync(2) and fdatasync(2), and the durability step of a write with
     /// O_DSYNC / RWF_DSYNC (FUA): what makes written data survive a crash.
@@ -100,7 +101,8 @@ pub struct OpCounts {
     pub seen: u64,
     /// Requests a fault failed.
     pub failed: u64,
-    /// Bytes read or written by the requests that succeeded (0 for Sync).
+    /// Bytes read from or written to the backing file (0 for Sync). A FUA
+    /// write whose sync then fails counts: its data was written.
     pub bytes: u64,
 }
 
