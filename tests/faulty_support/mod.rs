@@ -74,7 +74,8 @@ pub struct FaultyDisk {
     mountpoint: PathBuf,
     /// The mount's device number: names its connection in fusectl.
     dev: u64,
-    session: Option<BackgroundSession>,
+    /// The threads serving the mount; None once unmounted.
+    fuse: Option<BackgroundSession>,
     /// Dropped last (fields drop after `Drop::drop`), once unmounted.
     dir: tempfile::TempDir,
 }
@@ -97,7 +98,7 @@ impl FaultyDisk {
             .expect("create the backing file");
         file.set_len(size_bytes).expect("size the backing file");
         let faults = Arc::new(Faults::default());
-        let session = mount(file, &mountpoint, faults.clone())
+        let fuse = mount(file, &mountpoint, faults.clone())
             .unwrap_or_else(|e| panic!("mount a FUSE disk at {}: {e}", mountpoint.display()));
         let path = mountpoint.join(FILE_NAME);
         let dev = std::fs::metadata(&mountpoint)
@@ -109,7 +110,7 @@ impl FaultyDisk {
             backing,
             mountpoint,
             dev,
-            session: Some(session),
+            fuse: Some(fuse),
             dir,
         }
     }
@@ -167,28 +168,30 @@ impl FaultyDisk {
     }
 
     fn unmount_inner(&mut self) -> io::Result<()> {
-        let Some(session) = self.session.take() else {
+        let Some(fuse) = self.fuse.take() else {
             return Ok(());
         };
         let deadline = Instant::now() + UNMOUNT_PATIENCE;
         loop {
             match nix::mount::umount2(&self.mountpoint, MntFlags::empty()) {
-                // Unmounted (or by someone else already): the session's
+                // Unmounted (or by someone else already): the serving
                 // threads see the connection end and return.
-                Ok(()) | Err(nix::errno::Errno::EINVAL) => return session.join(),
+                Ok(()) | Err(nix::errno::Errno::EINVAL) => return fuse.join(),
                 Err(nix::errno::Errno::EBUSY) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(UNMOUNT_RETRY_MS));
                 }
                 Err(e) => {
                     // Still held: take the mount out of the tree so nothing
-                    // stale stays visible, and end the connection so that the
-                    // holder's requests fail rather than hang.
+                    // stale stays visible. Where fusectl is mounted, end the
+                    // connection too (the holder's requests then fail), so
+                    // the threads can be joined; elsewhere they go on serving
+                    // the holder until its last close.
                     let _ = nix::mount::umount2(&self.mountpoint, MntFlags::MNT_DETACH);
                     if abort_connection(self.dev) {
-                        let _ = session.join();
+                        let _ = fuse.join();
                     } else {
-                        // The session ends with the holder's last close.
-                        std::mem::forget(session);
+                        // The threads end with the holder's last close.
+                        std::mem::forget(fuse);
                     }
                     return Err(io::Error::other(format!(
                         "{} was still in use after {UNMOUNT_PATIENCE:?} ({e}): detached",
