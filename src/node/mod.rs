@@ -60,6 +60,9 @@ pub struct NodeOptions {
     /// A production host without quorum for longer refuses writes
     /// ([`fence::NO_QUORUM_GRACE_MS`] by default).
     pub no_quorum_grace_ms: u64,
+    /// `--bootstrap`: found the group with the members that answer (the
+    /// founding rule); without it, only with every member's answer.
+    pub bootstrap: bool,
 }
 
 /// Time a stopping member waits for its Leave to be decided.
@@ -146,11 +149,16 @@ pub async fn run(
     if !was_voter {
         set_joining(Some("looking for the group's members"));
     }
+    let founding_rule = if opts.bootstrap {
+        founding::Founding::Bootstrap
+    } else {
+        founding::Founding::Unanimous
+    };
     tokio::pin!(shutdown);
     // Every phase before serving reacts to SIGTERM/SIGINT: a member whose
     // peers are all down must still stop when asked.
     let bootstrapped = tokio::select! {
-        r = founding::enter_group(&engine, &domain, me, |why| set_joining(Some(why))) => r?,
+        r = founding::enter_group(&engine, &domain, me, founding_rule, |why| set_joining(Some(why))) => r?,
         _ = &mut shutdown => {
             tracing::info!("stopping before this member entered the group");
             let _ = engine.shutdown().await;

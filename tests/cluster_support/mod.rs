@@ -2,7 +2,7 @@
 //! the recovery-domain file, `geomirror up` processes and their status.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -42,6 +42,9 @@ pub struct Cluster {
     pub wrap: BTreeMap<String, Vec<String>>,
     /// Extra `up` arguments for every member (e.g. `--no-quorum-grace-ms`).
     pub up_extra: Vec<String>,
+    /// Members started with `--bootstrap` (they found the group without
+    /// waiting for the members that are not started).
+    pub bootstrap: BTreeSet<String>,
 }
 
 impl Cluster {
@@ -57,6 +60,7 @@ impl Cluster {
             starts: BTreeMap::new(),
             wrap: BTreeMap::new(),
             up_extra: Vec::new(),
+            bootstrap: BTreeSet::new(),
         };
         for i in 0..c.spec.sites.len() {
             c.format_site(i);
@@ -152,6 +156,11 @@ impl Cluster {
         ]
         .into_iter()
         .chain(self.up_extra.iter().cloned())
+        .chain(
+            self.bootstrap
+                .contains(member)
+                .then(|| "--bootstrap".to_string()),
+        )
         .collect()
     }
 
@@ -190,7 +199,9 @@ impl Cluster {
 
     /// Starts `member` and waits until it answers `status` as a voter of
     /// the group (no longer joining it; a restarted voter may still wait
-    /// for a majority).
+    /// for a majority). A member with an empty state directory gets there
+    /// only by joining a running group, or by founding one once every
+    /// member of the domain runs (or with `--bootstrap`).
     pub fn start(&mut self, member: &str) {
         self.spawn(member);
         let who = member.to_string();
@@ -204,8 +215,15 @@ impl Cluster {
         });
     }
 
-    /// Starts every member in `order`, each once the previous one answers.
+    /// Starts the members in `order` one by one, each once the previous
+    /// one is in, so that `order` is the join order (the first joined
+    /// member of a site hosts its disk). The first is started with
+    /// `--bootstrap`: it founds the group before the others run. Tests of
+    /// how members started together found the group spawn them instead.
     pub fn start_all(&mut self, order: &[&str]) {
+        if let Some(first) = order.first() {
+            self.bootstrap.insert((*first).to_string());
+        }
         for m in order {
             self.start(m);
         }
