@@ -76,6 +76,21 @@ impl Cluster {
             .join(format!("{}.img", self.spec.sites[site].resource))
     }
 
+    /// The disk file `member` opens: its own if it has one, else its site's.
+    pub fn member_disk(&self, member: &str) -> PathBuf {
+        let m = self
+            .spec
+            .members
+            .iter()
+            .find(|m| m.name == member)
+            .unwrap_or_else(|| panic!("no member {member}"));
+        match (&m.disk_file, m.site) {
+            (Some(file), _) => self.dir.path().join(file),
+            (None, Some(site)) => self.disk(site),
+            (None, None) => panic!("{member} is a witness: no disk"),
+        }
+    }
+
     /// Formats site `i`'s disk (a fresh file).
     pub fn format_site(&self, site: usize) {
         let s = &self.spec.sites[site];
@@ -128,7 +143,7 @@ impl Cluster {
                 let _ = writeln!(t, "metrics = \"{metrics}\"");
             }
             if let Some(site) = m.site {
-                let _ = writeln!(t, "disks = [\"{}\"]", self.disk(site).display());
+                let _ = writeln!(t, "disks = [\"{}\"]", self.member_disk(&m.name).display());
                 if site == 0 {
                     let _ = writeln!(t, "nbd = \"unix:{}\"", self.nbd_socket(&m.name).display());
                 }
