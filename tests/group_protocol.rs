@@ -92,7 +92,8 @@ fn fig5_backup_order_join_gives_production_and_copy_hosts() {
         vec![
             Action::OpenDisk {
                 resource: dr.clone(),
-                epoch: 2
+                epoch: 2,
+                recorded: None,
             },
             Action::SendConfig {
                 resource: dr.clone(),

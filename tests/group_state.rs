@@ -4,12 +4,13 @@
 #[path = "group_support/mod.rs"]
 mod support;
 
+use geomirror::group::state::{Refusal, ReportedConfig};
 use geomirror::group::{
     step, Action, CopyState, Desired, DomainSpec, Event, GroupCommand, GroupState, MemberId,
-    ResourceId, StateError,
+    ResourceId, StateError, TakeoverRefusal,
 };
 use support::sim::{Cluster, DISK};
-use support::{accessible, domain, id, THREE_SITES, TWO_SITES};
+use support::{accessible, domain, id, DEEP_PROD, THREE_SITES, TWO_SITES};
 
 fn res(s: &str) -> ResourceId {
     ResourceId::from(s)
@@ -298,6 +299,7 @@ fn mirroring_waits_for_both_configurations_and_a_large_enough_copy() {
                 size_bytes,
                 block_size_bytes: 4096,
                 label_generation: 1,
+                disk_id: 1,
             },
         })
         .expect("the host sends its configuration");
@@ -364,4 +366,152 @@ fn losing_a_disk_the_member_does_not_use_changes_nothing() {
     };
     assert_eq!(step(c.state(), a1, lost.clone()), vec![]);
     assert_eq!(step(c.state(), b1, lost), vec![], "b1 is not joined");
+}
+
+#[test]
+fn refused_takeover_passes_production_to_the_next_member_and_keeps_why() {
+    let d = domain(DEEP_PROD);
+    let (a1, a2, a3) = (id(&d, "a1"), id(&d, "a2"), id(&d, "a3"));
+    let prod = res("orders-prod");
+    let mut s = GroupState::new(&d);
+    let fp = s.domain.fingerprint;
+    let join = |member| GroupCommand::Join {
+        member,
+        subgroups: vec![prod.clone()],
+        fingerprint: fp,
+    };
+    for m in [a1, a2, a3] {
+        s.apply(&join(m)).expect("joins");
+    }
+    let a1_epoch = s.resources[0].host_epoch;
+    s.apply(&GroupCommand::ResourceConfig {
+        member: a1,
+        resource: prod.clone(),
+        epoch: a1_epoch,
+        config: DISK,
+    })
+    .expect("a1's configuration");
+    s.apply(&GroupCommand::Leave { member: a1 })
+        .expect("a1 leaves");
+    let epoch = s.resources[0].host_epoch;
+    assert_eq!(s.production_host(), Some(a2));
+
+    // The new host opens its disk against a1's record, and does not serve
+    // before its own configuration is in.
+    let recorded = ReportedConfig {
+        config: DISK,
+        host: a1,
+        epoch: a1_epoch,
+    };
+    let actions = step(
+        &s,
+        a2,
+        Event::Committed {
+            running: Desired::default(),
+        },
+    );
+    assert_eq!(
+        actions.first(),
+        Some(&Action::OpenDisk {
+            resource: prod.clone(),
+            epoch,
+            recorded: Some(recorded),
+        })
+    );
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::ServeVolume { .. })),
+        "{actions:?}"
+    );
+
+    // Its disk is stale: it says so to the group, which elects a3.
+    let refusal = TakeoverRefusal::Stale {
+        recorded_by: a1,
+        recorded_generation: DISK.label_generation,
+        disk_generation: 3,
+    };
+    let refused = Event::TakeoverRefused {
+        resource: prod.clone(),
+        epoch,
+        refusal,
+    };
+    let cmd = GroupCommand::TakeoverRefused {
+        member: a2,
+        resource: prod.clone(),
+        epoch,
+        refusal,
+    };
+    assert_eq!(
+        step(&s, a2, refused.clone()),
+        vec![Action::Propose(cmd.clone())]
+    );
+    assert_eq!(step(&s, a3, refused), vec![], "a3 hosts nothing");
+    s.apply(&cmd).expect("refusal recorded");
+    assert_eq!(s.production_host(), Some(a3));
+    assert!(s.is_joined(a2) && s.subgroups(a2).is_empty());
+    assert_eq!(
+        s.resources[0].refusals,
+        vec![Refusal {
+            member: a2,
+            epoch,
+            refusal,
+        }]
+    );
+    assert_eq!(
+        s.resources[0].config,
+        Some(recorded),
+        "a1's record stays the one to match"
+    );
+    let a3_actions = step(
+        &s,
+        a3,
+        Event::Committed {
+            running: Desired::default(),
+        },
+    );
+    assert!(
+        a3_actions.contains(&Action::OpenDisk {
+            resource: prod.clone(),
+            epoch: s.resources[0].host_epoch,
+            recorded: Some(recorded),
+        }),
+        "{a3_actions:?}"
+    );
+
+    // Once more from a2 (a late duplicate): refused, nothing changes.
+    let before = s.clone();
+    assert!(s.apply(&cmd).is_err());
+    assert_eq!(s, before);
+
+    // Restarted (its disk fixed), a2 declares the resource again: the
+    // refusal is forgotten, and its disk will be checked anew if elected.
+    s.apply(&join(a2)).expect("a2 declares prod again");
+    assert!(s.resources[0].refusals.is_empty());
+    assert_eq!(s.production_host(), Some(a3), "a live host keeps its disk");
+}
+
+#[test]
+fn a_copy_disk_is_opened_against_no_record() {
+    let d = domain(TWO_SITES);
+    let mut c = Cluster::new(d.clone());
+    for m in ["a1", "b1", "b2"] {
+        c.start(id(&d, m));
+    }
+    let b1 = id(&d, "b1");
+    let mark = c.history.len();
+    c.crash(b1);
+    let opened: Vec<Action> = c
+        .actions_of(id(&d, "b2"), mark)
+        .into_iter()
+        .filter(|a| matches!(a, Action::OpenDisk { .. }))
+        .collect();
+    assert_eq!(
+        opened,
+        vec![Action::OpenDisk {
+            resource: res("payroll-dr"),
+            epoch: c.state().resources[1].host_epoch,
+            recorded: None,
+        }]
+    );
 }

@@ -102,7 +102,8 @@ fn saw(lines: &Mutex<Vec<serde_json::Value>>, pred: impl Fn(&serde_json::Value) 
 fn events_stream_joins_host_changes_mirroring_and_a_killed_copy_failing() {
     let _one = ONE_CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
     let mut c = Cluster::new();
-    c.up("a1");
+    // a1 alone serves before the others start: it founds with --bootstrap.
+    c.up_bootstrap("a1");
     common::wait_for_unix(&c.sock, WAIT);
     let child = Command::new(bin())
         .args(["events", "--config", c.cfg(), "--member", "a1"])

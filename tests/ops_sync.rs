@@ -228,7 +228,8 @@ fn wait_sync_waits_for_a_joining_copy_and_exits_zero_once_it_is_up_to_date() {
     }
     let _one = ONE_CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
     let mut c = Cluster::new();
-    c.up("a1");
+    // a1 alone serves before the others start: it founds with --bootstrap.
+    c.up_bootstrap("a1");
     common::wait_for_unix(&c.sock, WAIT);
     c.write_blocks(8, 1 << 20);
 

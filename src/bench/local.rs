@@ -111,7 +111,8 @@ impl LocalSetup {
                 path_str(&state)?,
             ];
             self.spawn_child(&args, &log)?;
-            // Members join one after the other; the first founds the group.
+            // Started a little apart; the first founds the group once all
+            // three answer, and the others join it.
             std::thread::sleep(Duration::from_millis(700));
         }
         self.wait_until_synced(&exe, &cfg_s, &sock)?;

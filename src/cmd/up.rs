@@ -34,6 +34,15 @@ pub struct Args {
     #[arg(long, default_value_t = crate::node::fence::NO_QUORUM_GRACE_MS,
           value_parser = clap::value_parser!(u64).range(GRACE_MIN_MS..=GRACE_MAX_MS))]
     pub no_quorum_grace_ms: u64,
+    /// Found the group with the members that answer, counting the others
+    /// as gone. Without it, a member with an empty state directory founds
+    /// only once every member of the recovery domain has answered that it
+    /// has no group, so that a member cut off from the others never founds
+    /// a second one. Use it once, on one member, when some member will
+    /// never come (a site lost for good), then start without it: it does
+    /// nothing to a member that already belongs to the group.
+    #[arg(long)]
+    pub bootstrap: bool,
 }
 
 /// Bounds of `--no-quorum-grace-ms`: below one election timeout an ordinary
@@ -60,6 +69,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         engine: args.engine,
         fail_timeout_ms: args.fail_timeout_ms,
         no_quorum_grace_ms: args.no_quorum_grace_ms,
+        bootstrap: args.bootstrap,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

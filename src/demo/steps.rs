@@ -70,7 +70,7 @@ impl Tour {
         )
     }
 
-    /// Step 1: format, start one by one, show the status table.
+    /// Step 1: format, start the members together, show the status table.
     pub(super) fn start(&mut self) -> anyhow::Result<()> {
         for (file, resource) in [("prod.img", PROD_RESOURCE), ("dr.img", COPY_RESOURCE)] {
             say(&format!(
@@ -82,18 +82,21 @@ impl Tour {
             .context("read the production label")?;
         self.data_bytes = label.data_size();
         self.model = Model::new(label.layout.bitmap_chunk_bytes);
+        // All at once: a member with an empty state directory founds the
+        // group only once every member of the domain answers, so none of
+        // them joins before the last one is up.
+        let t0 = Instant::now();
+        // From here on the copy's states are sampled, so the full sync
+        // that starts when b1 joins is seen from its start.
+        self.sampler = Some(Sampler::start(self.watcher.clone()));
         for (name, _) in MEMBERS {
-            let t0 = Instant::now();
             let pid = self.cluster.start(name)?;
             say(&format!(
                 "   started {name} (pid {pid}), log {}",
                 self.cluster.dir.join(format!("{name}.log")).display()
             ));
-            if name == "b1" {
-                // From here on the copy's states are sampled, so the full
-                // sync that starts when b1 joins is seen from its start.
-                self.sampler = Some(Sampler::start(self.watcher.clone()));
-            }
+        }
+        for (name, _) in MEMBERS {
             self.wait(&format!("{name} to join"), JOIN_TIMEOUT_MS, |r| {
                 joined(r, name)
             })?;

@@ -3,6 +3,7 @@
 
 use super::domain::DomainSpec;
 use super::ids::{Fingerprint, MemberId, ResourceId};
+use super::takeover::TakeoverRefusal;
 use serde::{Deserialize, Serialize};
 
 /// Configuration of a resource as its host reads it from the disk and sends
@@ -14,8 +15,13 @@ pub struct ResourceConfig {
     pub size_bytes: u64,
     /// Block size the disk is addressed in.
     pub block_size_bytes: u32,
-    /// Generation written in the disk's label.
+    /// Current data generation written in the disk's label. A production
+    /// host sends it after starting its run's generation and before it
+    /// serves, so the group always knows the generation writes land in.
     pub label_generation: u64,
+    /// Id the disk's label was given when it was formatted: which disk
+    /// this is (a byte copy carries the same id).
+    pub disk_id: u64,
 }
 
 impl ResourceConfig {
@@ -140,5 +146,21 @@ pub enum GroupCommand {
         epoch: u64,
         /// The report.
         report: SyncReport,
+    },
+    /// The host of `resource` under `epoch` refuses its disk: it is not
+    /// the disk the group last recorded for the resource, or it is older
+    /// (see [`super::takeover`]). Like a lost disk, the member leaves the
+    /// resource's subgroup and the next member of the site is elected; the
+    /// state keeps why, for status, until the member declares the resource
+    /// again.
+    TakeoverRefused {
+        /// The refusing host.
+        member: MemberId,
+        /// The resource it would have hosted.
+        resource: ResourceId,
+        /// The host epoch it was elected under.
+        epoch: u64,
+        /// Why.
+        refusal: TakeoverRefusal,
     },
 }

@@ -8,7 +8,7 @@
 use super::command::ResourceConfig;
 use super::ids::{MemberId, ResourceId};
 use super::join::Action;
-use super::state::GroupState;
+use super::state::{GroupState, ReportedConfig};
 use crate::config::NbdAddress;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -20,6 +20,10 @@ pub struct Hosting {
     pub epoch: u64,
     /// The state does not yet hold this host's configuration (blocks 82–84).
     pub config_pending: bool,
+    /// Production resource only: the configuration the group last recorded
+    /// for it (from a previous host or epoch), which the disk must match
+    /// before it is written to ([`super::takeover`]).
+    pub recorded: Option<ReportedConfig>,
 }
 
 /// A resource this member can access while another member hosts it
@@ -78,6 +82,7 @@ impl Desired {
                         Hosting {
                             epoch: r.host_epoch,
                             config_pending,
+                            recorded: if i == 0 { r.config } else { None },
                         },
                     );
                 }
@@ -106,7 +111,10 @@ impl Desired {
                 d.mirror_from.insert(pair.resource.clone(), link(pair.from));
             }
         }
-        if state.production_host() == Some(me) {
+        // Serve only once this host's configuration is committed (blocks
+        // 82–84 before 92–96): the group then knows the disk and the data
+        // generation every write will land in, before the first is answered.
+        if state.production_host() == Some(me) && state.current_config(0).is_some() {
             let nbd = state.domain.member(me).and_then(|m| m.nbd.clone());
             let epoch = state.resources.first().map_or(0, |r| r.host_epoch);
             d.serve = nbd.map(|a| (a, epoch));
@@ -153,6 +161,7 @@ impl Desired {
                 out.push(Action::OpenDisk {
                     resource: resource.clone(),
                     epoch: h.epoch,
+                    recorded: h.recorded,
                 });
             }
             if h.config_pending && !was.is_some_and(|r| r.config_pending) {

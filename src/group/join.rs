@@ -10,7 +10,8 @@ use super::command::{GroupCommand, ResourceConfig};
 use super::desired::Desired;
 use super::domain::DomainSpec;
 use super::ids::{MemberId, ResourceId};
-use super::state::{GroupState, MemberStatus};
+use super::state::{GroupState, MemberStatus, ReportedConfig};
+use super::takeover::TakeoverRefusal;
 use crate::config::NbdAddress;
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +40,17 @@ pub enum Event {
         /// Its resource.
         resource: ResourceId,
     },
+    /// Elected host of `resource` under `epoch`, this member found its disk
+    /// is not the one the group recorded, or older ([`super::takeover`]):
+    /// lost for this resource, with the reason kept in the state.
+    TakeoverRefused {
+        /// The resource.
+        resource: ResourceId,
+        /// The host epoch it was elected under.
+        epoch: u64,
+        /// Why the disk was refused.
+        refusal: TakeoverRefusal,
+    },
     /// This member (the engine leader) lost contact with `member`.
     MemberLost {
         /// The silent member.
@@ -54,12 +66,16 @@ pub enum Action {
     /// Propose a command to the group engine.
     Propose(GroupCommand),
     /// Open the disk of `resource` for I/O, under exclusive lock: this
-    /// member hosts it from host epoch `epoch` (block 76).
+    /// member hosts it from host epoch `epoch` (block 76). For the
+    /// production resource, `recorded` is the configuration the group last
+    /// recorded: a disk that does not match it is refused, not written.
     OpenDisk {
         /// The resource.
         resource: ResourceId,
         /// Host epoch.
         epoch: u64,
+        /// What the disk must match ([`super::takeover::check`]).
+        recorded: Option<ReportedConfig>,
     },
     /// Close the disk of `resource`: this member no longer hosts it.
     CloseDisk {
@@ -170,6 +186,21 @@ pub fn step(state: &GroupState, me: MemberId, event: Event) -> Vec<Action> {
                 member: me,
                 subgroups,
                 fingerprint: state.domain.fingerprint,
+            })]
+        }
+        Event::TakeoverRefused {
+            resource,
+            epoch,
+            refusal,
+        } => {
+            if !state.is_joined(me) || state.host(&resource) != Some(me) {
+                return Vec::new();
+            }
+            vec![Action::Propose(GroupCommand::TakeoverRefused {
+                member: me,
+                resource,
+                epoch,
+                refusal,
             })]
         }
         Event::MemberLost { member } if member != me && state.is_joined(member) => {

@@ -25,7 +25,7 @@
 //! | 74 / 104 | find the subgroups: iterate the domain's resource ids, keep those the member can access | `Started { accessible }` filtered in domain order; checked by `apply` (unknown, twice, witness, declared site) |
 //! | 76 | add J to its subgroups, one message; a member that owns a resource hosts it | `GroupCommand::Join`; host election in `GroupState::apply` (first joined member of the subgroup in backup order; a live host keeps its resource) |
 //! | 78–80 / 106–108 | for each accessible resource J does not host: receive its configuration from its host | [`desired::Desired::backing`] → `Action::AwaitConfig` / `Action::ApplyConfig` |
-//! | 82–84 / 110 | for each resource J hosts: send its configuration to the subgroup | `Action::SendConfig` → `GroupCommand::ResourceConfig`, accepted only from the host under its current epoch |
+//! | 82–84 / 110 | for each resource J hosts: send its configuration to the subgroup | `Action::SendConfig` → `GroupCommand::ResourceConfig`, accepted only from the host under its current epoch; a production host's disk is first checked against the last one recorded ([`takeover`]), and it serves only once its own is committed |
 //! | 86–88 / 112–116 | J hosts a copy: the group primary, if hosting, starts mirroring to J | `GroupState::derive_mirrors`; once both configurations are in (`GroupState::pair_blocked`), `Action::ExpectMirroring` on the copy host |
 //! | 92–96 / 118–122 | J is the group primary: for each copy subgroup with a host, start mirroring to it | `Action::StartMirroring` on the production host, `Action::ServeVolume` |
 //!
@@ -49,6 +49,8 @@
 //! - [`election`]: host election and mirroring pairs, run inside `apply`,
 //!   and whether a pair may carry data yet.
 //! - [`error`]: why a command was refused.
+//! - [`takeover`]: whether a disk may become the production disk, from the
+//!   configuration the group recorded for it.
 //! - [`desired`]: one member's roles read off the state, and the diff to
 //!   the actions that reach them.
 //! - [`join`]: events in, actions out.
@@ -64,6 +66,7 @@ pub mod ids;
 pub mod join;
 mod replicated;
 pub mod state;
+pub mod takeover;
 
 pub use command::{CopyState, GroupCommand, ResourceConfig, SyncReport};
 pub use desired::Desired;
@@ -73,3 +76,4 @@ pub use error::StateError;
 pub use ids::{Fingerprint, MemberId, ResourceId};
 pub use join::{step, Action, Event};
 pub use state::{ApplyOutcome, GroupState, MemberStatus, MirrorPair};
+pub use takeover::TakeoverRefusal;

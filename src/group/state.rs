@@ -9,6 +9,7 @@ use super::command::{GroupCommand, ResourceConfig, SyncReport};
 use super::domain::DomainSpec;
 use super::error::StateError;
 use super::ids::{MemberId, ResourceId};
+use super::takeover::TakeoverRefusal;
 use crate::config::RecoveryDomain;
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +47,17 @@ pub struct ReportedConfig {
     pub epoch: u64,
 }
 
+/// A member that refused to host a resource on its disk, and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// The member.
+    pub member: MemberId,
+    /// The host epoch it had been elected under.
+    pub epoch: u64,
+    /// Why it refused.
+    pub refusal: TakeoverRefusal,
+}
+
 /// Runtime state of one resource.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct ResourceState {
@@ -53,8 +65,12 @@ pub struct ResourceState {
     pub host: Option<MemberId>,
     /// Group epoch at which the current host (or absence of one) began.
     pub host_epoch: u64,
-    /// Last configuration sent by a host (blocks 82–84).
+    /// Last configuration sent by a host (blocks 82–84). It outlives its
+    /// host: the next host's disk is checked against it (`takeover`).
     pub config: Option<ReportedConfig>,
+    /// Members that refused to host it on their disk, at most one entry
+    /// per member, each kept until that member declares the resource again.
+    pub refusals: Vec<Refusal>,
 }
 
 /// Production host → copy host, for one copy resource (blocks 86–96).
@@ -197,6 +213,14 @@ impl GroupState {
                     });
                 }
                 let ordered = self.check_subgroups(*member, subgroups)?;
+                // A member declaring a resource again (restarted, its disk
+                // replaced or refreshed) is a candidate again: its disk is
+                // checked anew if it is elected.
+                for (site, r) in self.domain.sites.iter().zip(&mut self.resources) {
+                    if ordered.contains(&site.resource) {
+                        r.refusals.retain(|x| x.member != *member);
+                    }
+                }
                 let m = &mut self.members[member.index()];
                 m.status = MemberStatus::Joined;
                 m.subgroups = ordered;
@@ -231,6 +255,26 @@ impl GroupState {
                     host: *member,
                     epoch: *epoch,
                 });
+            }
+            GroupCommand::TakeoverRefused {
+                member,
+                resource,
+                epoch,
+                refusal,
+            } => {
+                let i = self.check_host_epoch(*member, resource, *epoch)?;
+                let r = &mut self.resources[i];
+                r.refusals.retain(|x| x.member != *member);
+                r.refusals.push(Refusal {
+                    member: *member,
+                    epoch: *epoch,
+                    refusal: *refusal,
+                });
+                // As for a lost disk (block 76 again): out of the subgroup,
+                // so election hands the resource to the next member.
+                self.members[member.index()]
+                    .subgroups
+                    .retain(|x| x != resource);
             }
             GroupCommand::SyncProgress {
                 member,

@@ -56,8 +56,33 @@ impl ControlContext {
     pub fn report(&self) -> super::status::StatusReport {
         let view = self.local.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let st = self.state.borrow().clone();
-        report::build(&self.domain, self.me, &st, &view)
+        let mut r = report::build(&self.domain, self.me, &st, &view);
+        r.warnings.extend(takeover_warnings(&self.domain, &st));
+        r
     }
+}
+
+/// One warning per member that refused to host a resource on its disk:
+/// the refusals are in the group state, so every member reports them.
+fn takeover_warnings(domain: &RecoveryDomain, state: &GroupState) -> Vec<String> {
+    let name = |id: MemberId| {
+        domain
+            .member(id)
+            .map(|m| m.name.clone())
+            .unwrap_or_else(|| format!("#{}", id.0))
+    };
+    let mut out = Vec::new();
+    for (site, r) in domain.sites.iter().zip(&state.resources) {
+        let resource = site.resource.as_str();
+        for x in &r.refusals {
+            let why = x.refusal.describe(&name(x.member), resource, name);
+            out.push(match r.host {
+                None => format!("{resource} is not served: takeover refused: {why}"),
+                Some(_) => format!("takeover refused: {why}"),
+            });
+        }
+    }
+    out
 }
 
 /// Serve control connections until `incoming` closes.

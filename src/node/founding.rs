@@ -1,16 +1,23 @@
 //! Entering the group at start-up: join through a running member, or found
-//! the group when this member is the one every starting member agrees on.
+//! the group when the whole recovery domain says this member may.
 //!
 //! Block 72 of the join protocol: "if J is the first member of the group,
-//! then J uses its copy of the group state". Members started at the same
-//! moment must agree on who is first, so the rule is one every member
-//! computes alike from what it can reach:
+//! then J uses its copy of the group state". A member cannot tell a member
+//! that is down from one it cannot reach, so "first" is decided only from
+//! answers, never from silence:
 //!
 //! - a member that is already a voter (a restart) has nothing to do;
 //! - if some member answers as a voter, join through it;
-//! - otherwise the founder is the lowest-numbered member (recovery-domain
-//!   order) that answers, provided no reachable member belongs to a group
-//!   or is founding one; every other member waits and asks again.
+//! - otherwise a member founds only when every other member of the domain
+//!   answered that it has no group and is not founding one, and it is the
+//!   first (lowest-numbered) of them all; every other member waits, asks
+//!   again, and says whom it has not heard from. A member that reaches
+//!   nobody (a partition, a reinstalled host) never founds a second group
+//!   beside the real one;
+//! - `geomirror up --bootstrap` is the escape hatch for a domain where some
+//!   member is gone for good (as etcd's `--initial-cluster-state new` or
+//!   DRBD's forced primary): that member founds with whatever answers,
+//!   provided no member that answers belongs to a group or is founding one.
 //!
 //! A founder raises its founding mark, asks every member once more, and
 //! only then initializes the engine (see `group::engine::rendezvous`):
@@ -41,13 +48,24 @@ const ROUND_PAUSE_MAX_MS: u64 = 3_000;
 /// A waiting member repeats its reason at most this often.
 const LOG_EVERY_MS: u64 = 10_000;
 
+/// How this member may found the group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Founding {
+    /// Only with every other member's answer, and only as the first of them.
+    Unanimous,
+    /// `--bootstrap`: with whatever answers, members that do not answer
+    /// counted as gone.
+    Bootstrap,
+}
+
 /// What one round decided.
 #[derive(Debug, PartialEq, Eq)]
 enum Decision {
     /// Join through these voters.
     Join(Vec<SocketAddr>),
-    /// Found the group (after the final check).
-    Found,
+    /// Found the group (after the final check); the members not heard
+    /// from (only ever non-empty with `--bootstrap`).
+    Found { unheard: Vec<String> },
     /// Wait and ask again, for this reason.
     Wait(String),
 }
@@ -58,6 +76,7 @@ enum Decision {
 fn decide(
     me: MemberId,
     me_initialized: bool,
+    founding: Founding,
     probes: &BTreeMap<MemberId, (String, SocketAddr, Probe)>,
 ) -> Decision {
     let voters: Vec<SocketAddr> = probes
@@ -75,22 +94,45 @@ fn decide(
                 .into(),
         );
     }
+    let mut unheard = Vec::new();
+    let mut first = None;
     for (id, (name, _, p)) in probes {
         let why = match p {
-            Probe::Down => continue,
+            Probe::Down => {
+                unheard.push(name.clone());
+                continue;
+            }
             Probe::Unknown(e) => format!("member {name} does not answer properly ({e})"),
             Probe::Answered(ph) if ph.initialized => {
                 format!("member {name} belongs to a group but is not a voter of it")
             }
             Probe::Answered(ph) if ph.founding => format!("member {name} is founding the group"),
-            Probe::Answered(_) if *id < me => {
-                format!("member {name} comes first in the recovery domain: it founds the group")
+            Probe::Answered(_) => {
+                if *id < me && first.is_none() {
+                    first = Some(name.clone());
+                }
+                continue;
             }
-            Probe::Answered(_) => continue,
         };
         return Decision::Wait(why);
     }
-    Decision::Found
+    if founding == Founding::Bootstrap {
+        return Decision::Found { unheard };
+    }
+    if !unheard.is_empty() {
+        return Decision::Wait(format!(
+            "no group found, and no answer yet from {}: the group is founded only once every \
+             member of the recovery domain answers (if one is gone for good, start one member \
+             with --bootstrap)",
+            unheard.join(", ")
+        ));
+    }
+    if let Some(name) = first {
+        return Decision::Wait(format!(
+            "member {name} comes first in the recovery domain: it founds the group"
+        ));
+    }
+    Decision::Found { unheard }
 }
 
 /// Ask every other member where it stands, all at once.
@@ -122,13 +164,15 @@ async fn probe_all(
     out
 }
 
-/// Join the engine's membership or found the group; returns whether this
-/// member founded it. Retries until it is in, telling `waiting` why after
-/// each round; the caller bounds it with its shutdown signal.
+/// Join the engine's membership or found the group as `founding` allows;
+/// returns whether this member founded it. Retries until it is in, telling
+/// `waiting` why after each round; the caller bounds it with its shutdown
+/// signal.
 pub async fn enter_group(
     engine: &Arc<Engine<GroupState>>,
     domain: &RecoveryDomain,
     me: MemberId,
+    founding: Founding,
     waiting: impl Fn(&str),
 ) -> anyhow::Result<bool> {
     let mut peers = BTreeMap::new();
@@ -148,7 +192,7 @@ pub async fn enter_group(
             return Ok(false);
         }
         let probes = probe_all(engine, &peers).await;
-        let decision = decide(me, engine.is_initialized().await, &probes);
+        let decision = decide(me, engine.is_initialized().await, founding, &probes);
         let reason = match decision {
             Decision::Join(via) => match engine.join_via(&via).await {
                 Ok(()) => {
@@ -157,14 +201,21 @@ pub async fn enter_group(
                 }
                 Err(e) => format!("join through {via:?} failed: {e}"),
             },
-            Decision::Found => {
+            Decision::Found { .. } => {
                 engine.set_founding(true);
                 let again = probe_all(engine, &peers).await;
-                match decide(me, engine.is_initialized().await, &again) {
-                    Decision::Found => {
-                        tracing::info!(
-                            "no member belongs to a group and none before this one answers: founding the group"
-                        );
+                match decide(me, engine.is_initialized().await, founding, &again) {
+                    Decision::Found { unheard } => {
+                        if unheard.is_empty() {
+                            tracing::info!(
+                                "every member answered, none belongs to a group and this one comes first: founding the group"
+                            );
+                        } else {
+                            tracing::warn!(
+                                "--bootstrap: founding the group without {}, which did not answer; no member that answered belongs to a group",
+                                unheard.join(", ")
+                            );
+                        }
                         let r = engine.bootstrap().await.context("found the group");
                         engine.set_founding(false);
                         r?;
@@ -172,7 +223,6 @@ pub async fn enter_group(
                     }
                     Decision::Join(_) => {
                         engine.set_founding(false);
-                        pause_ms = ROUND_PAUSE_MIN_MS;
                         "a group appeared while about to found one".into()
                     }
                     Decision::Wait(why) => {
@@ -184,6 +234,11 @@ pub async fn enter_group(
             Decision::Wait(why) => why,
         };
         waiting(&reason);
+        if reason != said.0 {
+            // Something changed (a member came up, a group appeared): the
+            // next round may decide, so ask again soon.
+            pause_ms = ROUND_PAUSE_MIN_MS;
+        }
         if reason != said.0 || said.1.elapsed() >= Duration::from_millis(LOG_EVERY_MS) {
             tracing::info!("not in the group yet: {reason}; asking again");
             said = (reason, Instant::now());
@@ -197,6 +252,8 @@ pub async fn enter_group(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use Founding::{Bootstrap, Unanimous};
 
     fn seen(list: &[(u32, Probe)]) -> BTreeMap<MemberId, (String, SocketAddr, Probe)> {
         list.iter()
@@ -215,24 +272,94 @@ mod tests {
         })
     }
 
+    fn empty() -> Probe {
+        answered(false, false, false)
+    }
+
+    fn found() -> Decision {
+        Decision::Found {
+            unheard: Vec::new(),
+        }
+    }
+
     #[test]
     fn a_voter_in_sight_is_joined_never_founded_beside() {
         let p = seen(&[(0, Probe::Down), (2, answered(true, true, false))]);
-        assert!(matches!(decide(MemberId(1), false, &p), Decision::Join(v) if v.len() == 1));
+        for f in [Unanimous, Bootstrap] {
+            assert!(matches!(decide(MemberId(1), false, f, &p), Decision::Join(v) if v.len() == 1));
+        }
     }
 
     #[test]
-    fn the_lowest_member_that_answers_founds() {
-        let p = seen(&[(1, answered(false, false, false)), (2, Probe::Down)]);
-        assert_eq!(decide(MemberId(0), false, &p), Decision::Found);
-        let p = seen(&[(0, Probe::Down), (2, answered(false, false, false))]);
-        assert_eq!(decide(MemberId(1), false, &p), Decision::Found);
+    fn the_first_member_founds_once_every_member_answered() {
+        let p = seen(&[(1, empty()), (2, empty())]);
+        assert_eq!(decide(MemberId(0), false, Unanimous, &p), found());
     }
 
     #[test]
-    fn a_later_member_waits_for_an_earlier_one_that_answers() {
-        let p = seen(&[(0, answered(false, false, false)), (2, Probe::Down)]);
-        assert!(matches!(decide(MemberId(1), false, &p), Decision::Wait(_)));
+    fn a_lone_member_never_founds_and_names_whom_it_has_not_heard_from() {
+        let p = seen(&[(1, Probe::Down), (2, Probe::Down)]);
+        match decide(MemberId(0), false, Unanimous, &p) {
+            Decision::Wait(why) => assert!(why.contains("m1, m2"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        // Some heard, one not: still waiting, for that one.
+        let p = seen(&[(1, empty()), (2, Probe::Down)]);
+        match decide(MemberId(0), false, Unanimous, &p) {
+            Decision::Wait(why) => assert!(why.contains("m2") && !why.contains("m1"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        // A later member whose earlier ones are down does not step in.
+        let p = seen(&[(0, Probe::Down), (2, empty())]);
+        assert!(matches!(
+            decide(MemberId(1), false, Unanimous, &p),
+            Decision::Wait(_)
+        ));
+    }
+
+    #[test]
+    fn a_later_member_waits_for_the_first_one() {
+        let p = seen(&[(0, empty()), (2, empty())]);
+        match decide(MemberId(1), false, Unanimous, &p) {
+            Decision::Wait(why) => assert!(why.contains("m0 comes first"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bootstrap_founds_with_whatever_answers() {
+        let p = seen(&[(0, empty()), (2, Probe::Down)]);
+        assert_eq!(
+            decide(MemberId(1), false, Bootstrap, &p),
+            Decision::Found {
+                unheard: vec!["m2".into()]
+            }
+        );
+        let p = seen(&[(1, Probe::Down), (2, Probe::Down)]);
+        assert!(matches!(
+            decide(MemberId(0), false, Bootstrap, &p),
+            Decision::Found { .. }
+        ));
+    }
+
+    #[test]
+    fn bootstrap_never_founds_beside_a_group_or_a_founder() {
+        for other in [
+            answered(true, false, false),
+            answered(false, false, true),
+            Probe::Unknown("handshake".into()),
+        ] {
+            let p = seen(&[(1, other.clone()), (2, Probe::Down)]);
+            assert!(
+                matches!(decide(MemberId(0), false, Bootstrap, &p), Decision::Wait(_)),
+                "{other:?}"
+            );
+        }
+        let p = seen(&[(1, Probe::Down)]);
+        assert!(matches!(
+            decide(MemberId(0), true, Bootstrap, &p),
+            Decision::Wait(_)
+        ));
     }
 
     #[test]
@@ -240,33 +367,58 @@ mod tests {
         // Even the first member waits: the mark may belong to a member that
         // checked before this one was listening, and is founding now.
         let p = seen(&[(1, answered(false, false, true))]);
-        assert!(matches!(decide(MemberId(0), false, &p), Decision::Wait(_)));
+        assert!(matches!(
+            decide(MemberId(0), false, Unanimous, &p),
+            Decision::Wait(_)
+        ));
         let p = seen(&[(1, Probe::Unknown("handshake".into()))]);
-        assert!(matches!(decide(MemberId(0), false, &p), Decision::Wait(_)));
+        assert!(matches!(
+            decide(MemberId(0), false, Unanimous, &p),
+            Decision::Wait(_)
+        ));
     }
 
     #[test]
     fn a_removed_member_never_founds_a_second_group() {
-        let p = seen(&[(1, Probe::Down), (2, Probe::Down)]);
-        assert!(matches!(decide(MemberId(0), true, &p), Decision::Wait(_)));
-        let p = seen(&[(1, answered(true, false, false))]);
-        assert!(matches!(decide(MemberId(0), false, &p), Decision::Wait(_)));
+        let p = seen(&[(1, empty()), (2, empty())]);
+        assert!(matches!(
+            decide(MemberId(0), true, Unanimous, &p),
+            Decision::Wait(_)
+        ));
+        let p = seen(&[(1, answered(true, false, false)), (2, empty())]);
+        assert!(matches!(
+            decide(MemberId(0), false, Unanimous, &p),
+            Decision::Wait(_)
+        ));
     }
 
     #[test]
     fn two_racing_members_cannot_both_pass_the_final_check() {
-        // Each raised its mark, then checks the other: whatever the order,
-        // at most one sees a clear field.
-        let lo = decide(
-            MemberId(0),
-            false,
-            &seen(&[(1, answered(false, false, true))]),
-        );
-        let hi = decide(
-            MemberId(1),
-            false,
-            &seen(&[(0, answered(false, false, true))]),
-        );
-        assert!(!(lo == Decision::Found && hi == Decision::Found));
+        // Each raised its mark, then checks the other: whatever the order
+        // and whichever of them was started with --bootstrap, at most one
+        // sees a clear field.
+        for (f0, f1) in [
+            (Unanimous, Unanimous),
+            (Unanimous, Bootstrap),
+            (Bootstrap, Unanimous),
+            (Bootstrap, Bootstrap),
+        ] {
+            let lo = decide(
+                MemberId(0),
+                false,
+                f0,
+                &seen(&[(1, answered(false, false, true))]),
+            );
+            let hi = decide(
+                MemberId(1),
+                false,
+                f1,
+                &seen(&[(0, answered(false, false, true))]),
+            );
+            assert!(
+                !(matches!(lo, Decision::Found { .. }) && matches!(hi, Decision::Found { .. })),
+                "{f0:?} {f1:?}"
+            );
+        }
     }
 }

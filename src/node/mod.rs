@@ -37,7 +37,7 @@ use crate::config::RecoveryDomain;
 use crate::group::engine::{Engine, EngineConfig};
 use crate::group::join::{self, Action, Event};
 use crate::group::state::GroupState;
-use crate::group::{Desired, DomainSpec, GroupCommand, MemberId};
+use crate::group::{Desired, DomainSpec, GroupCommand, MemberId, ResourceId};
 use crate::storage::EngineKind;
 
 use control_server::{control_loop, ControlContext};
@@ -60,6 +60,9 @@ pub struct NodeOptions {
     /// A production host without quorum for longer refuses writes
     /// ([`fence::NO_QUORUM_GRACE_MS`] by default).
     pub no_quorum_grace_ms: u64,
+    /// `--bootstrap`: found the group with the members that answer (the
+    /// founding rule); without it, only with every member's answer.
+    pub bootstrap: bool,
 }
 
 /// Time a stopping member waits for its Leave to be decided.
@@ -146,11 +149,16 @@ pub async fn run(
     if !was_voter {
         set_joining(Some("looking for the group's members"));
     }
+    let founding_rule = if opts.bootstrap {
+        founding::Founding::Bootstrap
+    } else {
+        founding::Founding::Unanimous
+    };
     tokio::pin!(shutdown);
     // Every phase before serving reacts to SIGTERM/SIGINT: a member whose
     // peers are all down must still stop when asked.
     let bootstrapped = tokio::select! {
-        r = founding::enter_group(&engine, &domain, me, |why| set_joining(Some(why))) => r?,
+        r = founding::enter_group(&engine, &domain, me, founding_rule, |why| set_joining(Some(why))) => r?,
         _ = &mut shutdown => {
             tracing::info!("stopping before this member entered the group");
             let _ = engine.shutdown().await;
@@ -276,6 +284,7 @@ pub async fn run(
     let mut last_report = Instant::now();
     let mut reported: BTreeMap<String, crate::group::SyncReport> = BTreeMap::new();
     let mut state_changed = true;
+    let mut resend_config = false;
     loop {
         // SIGTERM while the Started proposals were pending: straight to the leave.
         if stop_early {
@@ -295,29 +304,61 @@ pub async fn run(
                     running: running.clone(),
                 },
             );
-            let mut lost = Vec::new();
+            let mut lost: Vec<(ResourceId, Event)> = Vec::new();
+            let mut unsent = Vec::new();
             for action in actions {
+                // Nothing more to do for a disk that failed to open.
+                if let Action::SendConfig { resource, .. } = &action {
+                    if lost.iter().any(|(r, _)| r == resource) {
+                        continue;
+                    }
+                }
                 let what = format!("{action:?}");
                 match roles.execute(action.clone()).await {
                     Ok(Some(cmd)) => {
                         if let Err(e) = propose(&engine, cmd, false).await {
                             tracing::warn!("{what}: {e:#}");
+                            // A production host serves only once its
+                            // configuration is committed: send it again.
+                            if let Action::SendConfig { resource, .. } = action {
+                                unsent.push(resource);
+                            }
                         }
                     }
                     Ok(None) => {}
                     Err(e) => {
                         tracing::error!("{what}: {e:#}");
-                        if let Action::OpenDisk { resource, .. } = action {
-                            lost.push(resource);
+                        if let Action::OpenDisk {
+                            resource, epoch, ..
+                        } = action
+                        {
+                            // A refused takeover is reported with its reason.
+                            let event = match e.downcast_ref::<roles::TakeoverRefused>() {
+                                Some(t) => Event::TakeoverRefused {
+                                    resource: resource.clone(),
+                                    epoch,
+                                    refusal: t.refusal,
+                                },
+                                None => Event::DiskLost {
+                                    resource: resource.clone(),
+                                },
+                            };
+                            lost.push((resource, event));
                         }
                     }
                 }
             }
             *links.lock().unwrap_or_else(|p| p.into_inner()) = roles.copy_links();
             running = Desired::of(&state, me);
-            for resource in lost {
+            for resource in unsent {
+                if let Some(h) = running.hosted.get_mut(&resource) {
+                    h.config_pending = false;
+                    resend_config = true;
+                }
+            }
+            for (resource, event) in lost {
                 running.hosted.remove(&resource);
-                for a in join::step(&state, me, Event::DiskLost { resource }) {
+                for a in join::step(&state, me, event) {
                     if let Action::Propose(cmd) = a {
                         let _ = propose(&engine, cmd, false).await;
                     }
@@ -330,6 +371,11 @@ pub async fn run(
                 state_changed = true;
             }
             _ = tick.tick() => {
+                // A configuration that failed to reach the group is sent
+                // again from the next step, without waiting for a commit.
+                if std::mem::take(&mut resend_config) {
+                    state_changed = true;
+                }
                 let m = engine.metrics();
                 let writes_fenced = {
                     let mut l = local.lock().unwrap_or_else(|p| p.into_inner());

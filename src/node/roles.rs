@@ -14,7 +14,9 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Mode as DomainMode, NbdAddress, RecoveryDomain};
 use crate::group::join::Action;
-use crate::group::{GroupCommand, MemberId, ResourceConfig, ResourceId};
+use crate::group::state::ReportedConfig;
+use crate::group::takeover::{self, DiskGenerations};
+use crate::group::{GroupCommand, MemberId, ResourceConfig, ResourceId, TakeoverRefusal};
 use crate::nbd::{Export, ListenAddr, Server, ServerConfig};
 use crate::replication::{
     CopyConfig, CopyStats, MirroredVolume, Mode, Receiver, ReceiverConfig, VolumeConfig,
@@ -147,7 +149,11 @@ impl Roles {
     pub async fn execute(&mut self, action: Action) -> anyhow::Result<Option<GroupCommand>> {
         match action {
             Action::Propose(cmd) => return Ok(Some(cmd)),
-            Action::OpenDisk { resource, epoch } => self.open_disk(&resource, epoch).await?,
+            Action::OpenDisk {
+                resource,
+                epoch,
+                recorded,
+            } => self.open_disk(&resource, epoch, recorded).await?,
             Action::CloseDisk { resource } => self.close_disk(&resource).await,
             Action::SendConfig { resource, epoch } => {
                 let disk = self.hosted(&resource)?;
@@ -156,6 +162,7 @@ impl Roles {
                     size_bytes: disk.data_size(),
                     block_size_bytes: 4096,
                     label_generation: label.generations.current,
+                    disk_id: label.disk_id,
                 };
                 tracing::info!(%resource, size = disk.data_size(), "blocks 82-84: sending the resource configuration to the subgroup");
                 return Ok(Some(GroupCommand::ResourceConfig {
@@ -210,7 +217,12 @@ impl Roles {
             .ok_or_else(|| anyhow!("resource {resource} is not open on this member"))
     }
 
-    async fn open_disk(&mut self, resource: &ResourceId, epoch: u64) -> anyhow::Result<()> {
+    async fn open_disk(
+        &mut self,
+        resource: &ResourceId,
+        epoch: u64,
+        recorded: Option<ReportedConfig>,
+    ) -> anyhow::Result<()> {
         if self.hosted.contains_key(resource) {
             return Ok(());
         }
@@ -227,7 +239,47 @@ impl Roles {
         .await
         .context("disk open task")?
         .with_context(|| format!("open {} for hosting", path.display()))?;
+        if *resource == self.domain.production().resource {
+            if let Some(recorded) = recorded {
+                self.check_takeover(resource, &disk, &recorded)?;
+            }
+            let d = Arc::new(disk);
+            let opened = d.clone();
+            tokio::task::spawn_blocking(move || start_production_generation(&opened))
+                .await
+                .context("production label task")??;
+            self.hosted.insert(resource.clone(), d);
+            return Ok(());
+        }
         self.hosted.insert(resource.clone(), Arc::new(disk));
+        Ok(())
+    }
+
+    /// Refuses a production disk that is not the one the group recorded, or
+    /// older than the record: the error is a [`TakeoverRefused`], which the
+    /// caller reports to the group, and the disk is left untouched.
+    fn check_takeover(
+        &self,
+        resource: &ResourceId,
+        disk: &HostedDisk,
+        recorded: &ReportedConfig,
+    ) -> anyhow::Result<()> {
+        let label = disk.label();
+        let g = label.generations;
+        let mut earlier = vec![g.bitmap];
+        earlier.extend_from_slice(&g.history);
+        let found = DiskGenerations {
+            disk_id: label.disk_id,
+            current: g.current,
+            earlier,
+        };
+        if let Err(refusal) = takeover::check(recorded, &found) {
+            let text = refusal.describe(&self.member_name(self.me), resource.as_str(), |m| {
+                self.member_name(m)
+            });
+            return Err(TakeoverRefused { refusal, text }.into());
+        }
+        tracing::info!(%resource, disk_id = %format!("{:016x}", label.disk_id), generations = %g, recorded_generation = %format!("{:016x}", recorded.config.label_generation), "the production disk is the one the group recorded, at its generation or later");
         Ok(())
     }
 
@@ -250,26 +302,9 @@ impl Roles {
         if self.production.is_none() {
             let resource = self.domain.production().resource.clone();
             let disk = self.hosted(&resource)?;
-            // Dirty chunks left from the last run are writes some copy
-            // lacks: this run starts a new data generation, tracked from
-            // the one those copies hold. A copy that wrote on its own in
-            // the meantime then shows as split brain instead of being
-            // overwritten or taken for newer (DRBD's new current UUID).
-            // A clean bitmap means every copy had everything: the tracked
-            // generation is history.
-            let dirty = disk.bitmap().dirty_bytes() > 0;
-            let label = disk
-                .update_label(|l| {
-                    if dirty {
-                        l.generations.new_current();
-                    } else {
-                        l.generations.finish_tracking();
-                    }
-                    l.flags.consistent = true;
-                    l.flags.primary_seen = true;
-                })
-                .context("update the production disk's label")?;
-            tracing::info!(generations = %label.generations, dirty, "production data generation");
+            // This run's data generation was started when the disk was
+            // opened (`start_production_generation`).
+            let label = disk.label();
             let device = disk
                 .device(self.engine_kind)
                 .context("open the production disk's engine")?;
@@ -562,4 +597,41 @@ impl Roles {
             .as_ref()
             .is_some_and(|p| p.serving.is_some())
     }
+}
+
+/// A production disk refused on takeover, as the error of `OpenDisk`.
+#[derive(Debug, thiserror::Error)]
+#[error("refusing to become the production host: {text}")]
+pub struct TakeoverRefused {
+    /// Why, as the group records it.
+    pub refusal: TakeoverRefusal,
+    /// The same, said for people, with what to do.
+    pub text: String,
+}
+
+/// Starts this run's data generation on the production disk when it is
+/// opened, before its configuration is sent (blocks 82–84): the group then
+/// records the generation before any write in it is answered.
+fn start_production_generation(disk: &HostedDisk) -> anyhow::Result<()> {
+    // Dirty chunks left from the last run are writes some copy
+    // lacks: this run starts a new data generation, tracked from
+    // the one those copies hold. A copy that wrote on its own in
+    // the meantime then shows as split brain instead of being
+    // overwritten or taken for newer (DRBD's new current UUID).
+    // A clean bitmap means every copy had everything: the tracked
+    // generation is history.
+    let dirty = disk.bitmap().dirty_bytes() > 0;
+    let label = disk
+        .update_label(|l| {
+            if dirty {
+                l.generations.new_current();
+            } else {
+                l.generations.finish_tracking();
+            }
+            l.flags.consistent = true;
+            l.flags.primary_seen = true;
+        })
+        .context("update the production disk's label")?;
+    tracing::info!(generations = %label.generations, dirty, "production data generation");
+    Ok(())
 }

@@ -2,7 +2,7 @@
 //! the recovery-domain file, `geomirror up` processes and their status.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -42,6 +42,9 @@ pub struct Cluster {
     pub wrap: BTreeMap<String, Vec<String>>,
     /// Extra `up` arguments for every member (e.g. `--no-quorum-grace-ms`).
     pub up_extra: Vec<String>,
+    /// Members started with `--bootstrap` (they found the group without
+    /// waiting for the members that are not started).
+    pub bootstrap: BTreeSet<String>,
 }
 
 impl Cluster {
@@ -57,6 +60,7 @@ impl Cluster {
             starts: BTreeMap::new(),
             wrap: BTreeMap::new(),
             up_extra: Vec::new(),
+            bootstrap: BTreeSet::new(),
         };
         for i in 0..c.spec.sites.len() {
             c.format_site(i);
@@ -70,6 +74,21 @@ impl Cluster {
         self.dir
             .path()
             .join(format!("{}.img", self.spec.sites[site].resource))
+    }
+
+    /// The disk file `member` opens: its own if it has one, else its site's.
+    pub fn member_disk(&self, member: &str) -> PathBuf {
+        let m = self
+            .spec
+            .members
+            .iter()
+            .find(|m| m.name == member)
+            .unwrap_or_else(|| panic!("no member {member}"));
+        match (&m.disk_file, m.site) {
+            (Some(file), _) => self.dir.path().join(file),
+            (None, Some(site)) => self.disk(site),
+            (None, None) => panic!("{member} is a witness: no disk"),
+        }
     }
 
     /// Formats site `i`'s disk (a fresh file).
@@ -124,7 +143,7 @@ impl Cluster {
                 let _ = writeln!(t, "metrics = \"{metrics}\"");
             }
             if let Some(site) = m.site {
-                let _ = writeln!(t, "disks = [\"{}\"]", self.disk(site).display());
+                let _ = writeln!(t, "disks = [\"{}\"]", self.member_disk(&m.name).display());
                 if site == 0 {
                     let _ = writeln!(t, "nbd = \"unix:{}\"", self.nbd_socket(&m.name).display());
                 }
@@ -152,6 +171,11 @@ impl Cluster {
         ]
         .into_iter()
         .chain(self.up_extra.iter().cloned())
+        .chain(
+            self.bootstrap
+                .contains(member)
+                .then(|| "--bootstrap".to_string()),
+        )
         .collect()
     }
 
@@ -190,7 +214,9 @@ impl Cluster {
 
     /// Starts `member` and waits until it answers `status` as a voter of
     /// the group (no longer joining it; a restarted voter may still wait
-    /// for a majority).
+    /// for a majority). A member with an empty state directory gets there
+    /// only by joining a running group, or by founding one once every
+    /// member of the domain runs (or with `--bootstrap`).
     pub fn start(&mut self, member: &str) {
         self.spawn(member);
         let who = member.to_string();
@@ -204,8 +230,15 @@ impl Cluster {
         });
     }
 
-    /// Starts every member in `order`, each once the previous one answers.
+    /// Starts the members in `order` one by one, each once the previous
+    /// one is in, so that `order` is the join order (the first joined
+    /// member of a site hosts its disk). The first is started with
+    /// `--bootstrap`: it founds the group before the others run. Tests of
+    /// how members started together found the group spawn them instead.
     pub fn start_all(&mut self, order: &[&str]) {
+        if let Some(first) = order.first() {
+            self.bootstrap.insert((*first).to_string());
+        }
         for m in order {
             self.start(m);
         }

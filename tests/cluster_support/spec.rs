@@ -20,6 +20,10 @@ pub struct MemberSpec {
     pub address: String,
     /// Prometheus endpoint, `HOST:PORT` (none unless a test asks for one).
     pub metrics: Option<String>,
+    /// A disk file of its own in the test dir, in place of its site's
+    /// shared one (standing for another host's view of a LUN, or another
+    /// disk); the test makes it.
+    pub disk_file: Option<String>,
 }
 
 /// The shape of a group to build.
@@ -55,6 +59,7 @@ impl Spec {
                     site: *s,
                     address: format!("127.0.0.1:{}", common::free_port()),
                     metrics: None,
+                    disk_file: None,
                 })
                 .collect(),
         }
@@ -65,6 +70,16 @@ impl Spec {
         for m in &mut self.members {
             if m.name == member {
                 m.metrics = Some(format!("127.0.0.1:{}", common::free_port()));
+            }
+        }
+        self
+    }
+
+    /// Gives `member` a disk file of its own, `file` in the test dir.
+    pub fn with_own_disk(mut self, member: &str, file: &str) -> Spec {
+        for m in &mut self.members {
+            if m.name == member {
+                m.disk_file = Some(file.into());
             }
         }
         self

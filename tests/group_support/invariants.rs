@@ -52,10 +52,19 @@ pub fn check_state(s: &GroupState) {
 pub fn check_actions(s: &GroupState, me: MemberId, actions: &[Action]) {
     for a in actions {
         match a {
-            Action::OpenDisk { resource, epoch } | Action::SendConfig { resource, epoch } => {
-                let (_, r) = s.resource(resource).expect("known resource");
+            Action::OpenDisk {
+                resource, epoch, ..
+            }
+            | Action::SendConfig { resource, epoch } => {
+                let (i, r) = s.resource(resource).expect("known resource");
                 assert_eq!(r.host, Some(me), "{a:?} by a non-host");
                 assert_eq!(r.host_epoch, *epoch);
+                if let Action::OpenDisk { recorded, .. } = a {
+                    // The production disk is checked against the group's
+                    // last record; a copy disk against nothing.
+                    let want = if i == 0 { r.config } else { None };
+                    assert_eq!(*recorded, want, "{a:?}: not the recorded configuration");
+                }
             }
             Action::StartMirroring { resource, to, .. } => {
                 let pair = s.mirrors.iter().find(|p| &p.resource == resource);
@@ -77,7 +86,15 @@ pub fn check_actions(s: &GroupState, me: MemberId, actions: &[Action]) {
                 assert_eq!(s.host(resource), Some(me), "{a:?} on a non-host");
                 assert_eq!(s.production_host(), Some(*from));
             }
-            Action::ServeVolume { .. } => assert_eq!(s.production_host(), Some(me)),
+            Action::ServeVolume { .. } => {
+                assert_eq!(s.production_host(), Some(me));
+                // Blocks 82–84 before serving: the group holds this host's
+                // configuration (its disk and generation) under its epoch.
+                assert!(
+                    s.current_config(0).is_some(),
+                    "{a:?} before the host's configuration is committed"
+                );
+            }
             Action::AwaitConfig { resource, from } | Action::ApplyConfig { resource, from, .. } => {
                 assert_eq!(s.host(resource), Some(*from));
                 assert!(s.subgroups(me).contains(resource));

@@ -16,6 +16,7 @@ pub const DISK: ResourceConfig = ResourceConfig {
     size_bytes: 1 << 30,
     block_size_bytes: 4096,
     label_generation: 7,
+    disk_id: 0xd15c,
 };
 
 /// Bound on commits per simulated run: a run that needs more is livelocked.
@@ -216,10 +217,15 @@ pub fn run_actions(run: &mut Desired, m: MemberId, actions: Vec<Action>) -> Vec<
     for a in actions {
         match a {
             Action::Propose(cmd) => queue.push(cmd),
-            Action::OpenDisk { resource, epoch } => {
+            Action::OpenDisk {
+                resource,
+                epoch,
+                recorded,
+            } => {
                 let h = geomirror::group::desired::Hosting {
                     epoch,
                     config_pending: false,
+                    recorded,
                 };
                 assert!(run.hosted.insert(resource, h).is_none(), "double open");
             }
@@ -320,11 +326,12 @@ pub fn run_actions(run: &mut Desired, m: MemberId, actions: Vec<Action>) -> Vec<
 /// Asserts that a member running `have` (after executing its actions) runs
 /// exactly the roles `want`, then records `want` as what it runs.
 pub fn assert_runs(have: &mut Desired, want: &Desired, m: MemberId) {
-    // Pending configuration is a fact about the state, not something the
-    // member runs; a forgotten backup needs no action.
+    // Pending and recorded configurations are facts about the state, not
+    // something the member runs; a forgotten backup needs no action.
     for (r, h) in have.hosted.iter_mut() {
         if let Some(w) = want.hosted.get(r) {
             h.config_pending = w.config_pending;
+            h.recorded = w.recorded;
         }
     }
     have.backing.retain(|r, _| want.backing.contains_key(r));

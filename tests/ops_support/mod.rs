@@ -109,33 +109,43 @@ address = "{}"
         self.config.to_str().expect("utf-8 path")
     }
 
+    /// Starts `member`; with the whole domain it founds or joins the group.
     pub fn up(&mut self, member: &'static str) {
+        self.up_with(member, &[]);
+    }
+
+    /// Starts `member` with `--bootstrap`: it founds the group on its own,
+    /// for a test that starts the other members later.
+    pub fn up_bootstrap(&mut self, member: &'static str) {
+        self.up_with(member, &["--bootstrap"]);
+    }
+
+    fn up_with(&mut self, member: &'static str, extra: &[&str]) {
         let state = self.path(&format!("state-{member}"));
         let log = self.path(&format!("{member}.log"));
-        let p = Proc::geomirror(
-            &[
-                "up",
-                "--config",
-                self.cfg(),
-                "--member",
-                member,
-                "--state-dir",
-                state.to_str().expect("utf-8 path"),
-                "--fail-timeout-ms",
-                "1500",
-            ],
-            &log,
-        );
+        let mut args = vec![
+            "up",
+            "--config",
+            self.cfg(),
+            "--member",
+            member,
+            "--state-dir",
+            state.to_str().expect("utf-8 path"),
+            "--fail-timeout-ms",
+            "1500",
+        ];
+        args.extend_from_slice(extra);
+        let p = Proc::geomirror(&args, &log);
         self.procs.insert(member, p);
     }
 
     /// All three members up, the copy synced: the steady state.
     pub fn start_all() -> Cluster {
         let mut c = Cluster::new();
-        c.up("a1");
+        for m in ["a1", "b1", "w1"] {
+            c.up(m);
+        }
         common::wait_for_unix(&c.sock, WAIT);
-        c.up("b1");
-        c.up("w1");
         c.wait_mirroring();
         c
     }
