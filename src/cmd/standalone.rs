@@ -65,9 +65,15 @@ pub fn open_labeled(
     };
     let label = disk.label();
     if !read_only && !label.flags.consistent {
+        // A copy's label says inconsistent from the first request of a
+        // resync until its end is durable: resync writes land out of write
+        // order, so the data area is no image of any moment in between.
         bail!(
-            "{shown} does not hold a complete image (a full sync onto it never finished): \
-             refusing to serve it for writing (--read-only serves it anyway)"
+            "{shown} is not consistent: a resync onto it is in progress or was interrupted \
+             (or it was never synced), so its data area is not a usable image of the volume; \
+             refusing to serve it for writing. `--read-only` serves it as it is, for \
+             inspection only. To get a usable image, start its member again while the \
+             production host runs: the resync resumes and completes"
         );
     }
     let inner = disk
