@@ -224,6 +224,9 @@ pub async fn run(
         roles.set_write_metrics(m.writes());
     }
     let repl_task = roles.route_replication(routes.replication);
+    let mut disk_failures = roles
+        .disk_failures()
+        .ok_or_else(|| anyhow!("disk failures taken twice"))?;
     let fence = FenceWatch {
         fence: Arc::new(Mutex::new(fence)),
         engine: engine.clone(),
@@ -359,6 +362,23 @@ pub async fn run(
                 // The production host replicates its copies' sync state.
                 if roles.serving() || !roles.copy_stats().is_empty() {
                     report_sync(&engine, &state, me, &domain, &roles, &mut reported, &mut last_report).await;
+                }
+            }
+            Some((resource, why)) = disk_failures.recv() => {
+                // Block 74 again: this member can no longer use the disk.
+                // It stops serving at once (writes were already refused),
+                // then re-declares its subgroups without it, and election
+                // hands the disk to the next member of the site.
+                tracing::error!(%resource, "disk failed under I/O ({why}): giving it up so the next member of its site can host it");
+                roles.close_disk(&resource).await;
+                running.hosted.remove(&resource);
+                let state = state_rx.borrow().clone();
+                for a in join::step(&state, me, Event::DiskLost { resource }) {
+                    if let Action::Propose(cmd) = a {
+                        if let Err(e) = propose(&engine, cmd, false).await {
+                            tracing::warn!("reporting the failed disk: {e:#}");
+                        }
+                    }
                 }
             }
             _ = &mut shutdown => break,

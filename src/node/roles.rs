@@ -35,6 +35,8 @@ struct Production {
     volume: Arc<MirroredVolume>,
     bitmap: Arc<SharedBitmap>,
     clear_task: JoinHandle<()>,
+    /// Waits for the production disk to fail (see [`Roles::disk_failures`]).
+    failure_task: JoinHandle<()>,
     serving: Option<Serving>,
     /// The resource each copy link (by copy host name) mirrors to.
     copies: BTreeMap<String, ResourceId>,
@@ -68,6 +70,9 @@ pub struct Roles {
     /// Shut while the group has had no quorum for too long: the export
     /// then refuses writes (see `fence.rs`).
     fence: Arc<FenceGate>,
+    /// A hosted disk that failed under I/O, with why.
+    failed_tx: mpsc::UnboundedSender<(ResourceId, String)>,
+    failed_rx: Option<mpsc::UnboundedReceiver<(ResourceId, String)>>,
 }
 
 impl Roles {
@@ -77,6 +82,7 @@ impl Roles {
         disks: BTreeMap<ResourceId, PathBuf>,
         engine_kind: EngineKind,
     ) -> Roles {
+        let (failed_tx, failed_rx) = mpsc::unbounded_channel();
         Roles {
             me,
             domain,
@@ -88,7 +94,16 @@ impl Roles {
             replication_sink: Arc::default(),
             write_metrics: None,
             fence: Arc::default(),
+            failed_tx,
+            failed_rx: Some(failed_rx),
         }
+    }
+
+    /// Disks that failed under I/O while hosted, as `(resource, why)`: the
+    /// daemon gives each up (block 74 again) so the next member of its site
+    /// can take over. Taken once.
+    pub fn disk_failures(&mut self) -> Option<mpsc::UnboundedReceiver<(ResourceId, String)>> {
+        self.failed_rx.take()
     }
 
     /// The fence the NBD export obeys (from the next serve on).
@@ -172,19 +187,13 @@ impl Roles {
             } => self.start_mirroring(&resource, to, epoch)?,
             Action::StopMirroring { resource, to } => {
                 let name = self.member_name(to);
-                if let Some(p) = &self.production {
+                if let Some(p) = self.production.as_mut() {
                     tracing::info!(%resource, copy = %name, "stop mirroring");
-                    // The link stops sending but stays in the volume, so
-                    // every write made while the copy is away keeps being
-                    // marked in its dirty log: when the copy rejoins
-                    // (block 92), the resync must include those writes.
-                    // Dropping the log here lost them (the copy came back
-                    // "up to date" without the writes made in its absence).
-                    for l in p.volume.links() {
-                        if l.name() == name {
-                            l.stop();
-                        }
-                    }
+                    // The link goes; the copy site's tracker stays in the
+                    // volume, so every write made while the copy is away is
+                    // marked for it and resent when it rejoins (block 92).
+                    p.volume.remove_copy(&name);
+                    p.copies.remove(&name);
                 }
             }
             Action::ServeVolume { address, epoch } => self.serve(address, epoch).await?,
@@ -221,7 +230,7 @@ impl Roles {
         Ok(())
     }
 
-    async fn close_disk(&mut self, resource: &ResourceId) {
+    pub async fn close_disk(&mut self, resource: &ResourceId) {
         if self
             .production
             .as_ref()
@@ -276,16 +285,36 @@ impl Roles {
                 },
             );
             let bitmap = SharedBitmap::new(disk.bitmap().clone(), disk.data_size());
+            // Every copy site is tracked from the first write this host
+            // serves, whether its copy host is there or not: it gets
+            // exactly what it missed whenever it comes.
+            for site in self.domain.sites.iter().filter(|s| s.resource != resource) {
+                volume.track(bitmap.site(site.resource.as_str()));
+            }
             let clear_task = tokio::spawn(
                 bitmap
                     .clone()
                     .clear_loop(Duration::from_millis(CLEAR_PERIOD_MS)),
             );
+            // A production disk that fails a write or a flush is given up:
+            // its dirty bits are frozen as they are (they cover every write
+            // that may differ from a copy), the volume refuses writes, and
+            // the daemon reports the disk lost.
+            let mut failure = volume.disk_failure();
+            let (frozen, tx, failed) = (bitmap.clone(), self.failed_tx.clone(), resource.clone());
+            let failure_task = tokio::spawn(async move {
+                if let Ok(why) = failure.wait_for(|f| f.is_some()).await {
+                    let why = why.clone().unwrap_or_default();
+                    frozen.freeze();
+                    let _ = tx.send((failed, why));
+                }
+            });
             self.production = Some(Production {
                 resource,
                 volume,
                 bitmap,
                 clear_task,
+                failure_task,
                 serving: None,
                 copies: BTreeMap::new(),
             });
@@ -315,10 +344,9 @@ impl Roles {
             .as_mut()
             .ok_or_else(|| anyhow!("production volume missing"))?;
         p.volume.set_epoch(epoch);
-        // A stopped link to another host of the same copy disk (its
-        // previous host, failed or gone) is stale now: the new link starts
-        // from the disk's durable dirty chunks, which include everything
-        // the old one recorded. Kept, it would pin its chunks dirty forever.
+        // A link to another host of the same copy disk (its previous host,
+        // failed or gone) is stale now. The new link takes over the site's
+        // tracker, which holds everything the old one had not delivered.
         let stale: Vec<String> = p
             .copies
             .iter()
@@ -327,14 +355,13 @@ impl Roles {
             .collect();
         for n in stale {
             p.volume.remove_copy(&n);
-            p.bitmap.forget_link(&n);
             p.copies.remove(&n);
         }
         p.copies.insert(name.clone(), resource.clone());
         let mut cfg = CopyConfig::new(&name, &addr, &secret);
         cfg.window_bytes_max = window;
         p.volume.remove_copy(&name);
-        let log = p.bitmap.link(&name);
+        let log = p.bitmap.site(resource.as_str());
         p.volume
             .add_copy(cfg, log)
             .with_context(|| format!("start mirroring to {name}"))?;
@@ -410,6 +437,7 @@ impl Roles {
                 p.volume.remove_copy(l.name());
             }
             p.clear_task.abort();
+            p.failure_task.abort();
             let bitmap = p.bitmap.clone();
             let _ = tokio::task::spawn_blocking(move || bitmap.final_pass()).await;
         }

@@ -60,6 +60,12 @@ impl ChunkSet {
             .is_some_and(|w| w & (1 << (c % 64)) != 0)
     }
 
+    /// Moves the members out, leaving this set empty.
+    pub fn take(&mut self) -> ChunkSet {
+        let empty = ChunkSet::new(self.chunks);
+        std::mem::replace(self, empty)
+    }
+
     /// Number of chunks in the set.
     pub fn len(&self) -> u64 {
         self.count
@@ -117,6 +123,9 @@ pub trait DirtyLog: Send + Sync + 'static {
     fn dirty_chunks(&self) -> ChunkSet;
     /// Mark the whole disk dirty (before a full sync).
     fn set_all(&self) -> io::Result<()>;
+    /// The copy has caught up (a resync finished): many chunks were just
+    /// cleared, and a log that defers its durable clears may write them now.
+    fn settled(&self) {}
 }
 
 /// Chunks touching `[offset, offset+len)`, as an inclusive index range.

@@ -107,6 +107,12 @@ pub(crate) struct Item {
     pub chunks: Option<RangeInclusive<u64>>,
     /// The resync chunks this request carries (a run of adjacent chunks).
     pub resync_chunks: Option<RangeInclusive<u64>>,
+    /// The copy's acknowledgement means the data is durable there (a FUA
+    /// write): its chunks may be cleared at once.
+    pub durable: bool,
+    /// For a flush (or InSync): the chunks acknowledged before it was
+    /// queued, which its acknowledgement makes durable on the copy.
+    pub covers: Option<ChunkSet>,
     pub reply: Option<oneshot::Sender<ItemReply>>,
     pub page_bytes: u64,
     /// Bytes of the volume the request covers (a zero range has no page).
@@ -149,8 +155,16 @@ impl Drop for LagBytes {
 pub(crate) struct Inner {
     pub state: LinkState,
     pub session: Option<Arc<SessionTx>>,
-    /// Requests in flight per chunk: a chunk is cleared only at zero.
+    /// Requests in flight per chunk: a chunk is cleared only at zero. A
+    /// volume write counts twice, once for the copy's answer and once for
+    /// the production disk's, so that a chunk the copy holds is never
+    /// cleared while the local write may still fail.
     pub inflight: HashMap<u64, u32>,
+    /// Chunks the copy acknowledged and has not yet made durable: they stay
+    /// dirty until a flush queued after their acknowledgement is answered
+    /// (DRBD's barrier acks). A copy's acknowledgement alone means its page
+    /// cache, which a power cut on the copy host loses.
+    pub unflushed: ChunkSet,
     /// Chunks the running resync still owes the copy.
     pub pending_resync: ChunkSet,
     pub resync_bytes_total: u64,
@@ -200,6 +214,7 @@ impl CopyLink {
                 state: LinkState::Disconnected,
                 session: None,
                 inflight: HashMap::new(),
+                unflushed: ChunkSet::new(chunks),
                 pending_resync: ChunkSet::new(chunks),
                 resync_bytes_total: 0,
                 resync_started: None,
@@ -237,17 +252,12 @@ impl CopyLink {
         self.stop.send_replace(true);
     }
 
-    /// Mark `[offset, offset+len)` dirty in this link's log (durably).
-    pub(crate) fn mark(&self, offset: u64, len: u64) -> Result<(), ReplicationError> {
-        self.log
-            .mark(offset, len)
-            .map_err(ReplicationError::DirtyLog)
-    }
-
-    /// Before a request touching `[offset, offset+len)` is sent or skipped:
-    /// mark the range dirty (durably; activity-log style, so a crash of the
-    /// production host loses no mark) and count it in flight. Returns the
-    /// session to send it on, if the link is up.
+    /// Before a volume request touching `[offset, offset+len)` is sent or
+    /// skipped: mark the range dirty (durably; activity-log style, so a
+    /// crash of the production host loses no mark) and count it in flight
+    /// twice, for the copy's answer and for the local write's
+    /// ([`local_done`](Self::local_done)). Returns the session to send it
+    /// on, if the link is up (nothing is counted otherwise).
     pub(crate) fn prepare(
         &self,
         offset: u64,
@@ -263,9 +273,45 @@ impl CopyLink {
             return Ok(None);
         };
         for c in chunk_span(offset, len, self.log.chunk_bytes()) {
-            *g.inflight.entry(c).or_insert(0) += 1;
+            *g.inflight.entry(c).or_insert(0) += 2;
         }
         Ok(Some(s))
+    }
+
+    /// The production disk finished the write counted by
+    /// [`prepare`](Self::prepare) over `chunks`. A chunk both sides now
+    /// hold waits for the copy's next flush; after a local failure
+    /// (`primary.failed`) it stays dirty for good.
+    pub(crate) fn local_done(&self, chunks: RangeInclusive<u64>) {
+        let mut g = self.lock();
+        let may_clear = self.may_clear(&g);
+        for c in chunks {
+            if self.uncount(&mut g, c) == 0 && may_clear && !g.pending_resync.contains(c) {
+                g.unflushed.insert(c);
+            }
+        }
+    }
+
+    /// Take one request off chunk `c`'s in-flight count; returns what is left.
+    fn uncount(&self, g: &mut Inner, c: u64) -> u32 {
+        let left = match g.inflight.get_mut(&c) {
+            Some(n) => {
+                *n = n.saturating_sub(1);
+                *n
+            }
+            None => 0,
+        };
+        if left == 0 {
+            g.inflight.remove(&c);
+        }
+        left
+    }
+
+    /// Whether answers may clean chunks now: a session is up and the
+    /// production disk has not failed.
+    fn may_clear(&self, g: &Inner) -> bool {
+        matches!(g.state, LinkState::Inconsistent | LinkState::UpToDate)
+            && !self.primary.disk_failed()
     }
 
     /// Room in the window for `op`: waits while the copy is that far
@@ -312,11 +358,17 @@ impl CopyLink {
             Op::Zero { len, .. } => *len,
             _ => op.page_bytes(),
         };
+        // A flush covers what was acknowledged before it was queued; it is
+        // queued just below, after every request those answers were for.
+        let covers =
+            matches!(op, Op::Flush | Op::InSync { .. }).then(|| self.lock().unflushed.take());
         let item = Item {
             page_bytes: op.page_bytes(),
             covered_bytes,
             chunks,
             resync_chunks,
+            durable: matches!(op, Op::Write { fua: true, .. }),
+            covers,
             reply: Some(tx),
             enqueued: Instant::now(),
             _lag: LagBytes::new(&self.counters.lag_bytes, op.page_bytes()),
@@ -342,10 +394,12 @@ impl CopyLink {
     }
 
     /// Answer a request. On an acknowledgement, chunks with nothing else in
-    /// flight and no resync owed are clean on the copy: clear them.
+    /// flight and no resync owed are on the copy: durable there after a FUA
+    /// write, so cleared; otherwise they wait for a flush. A flush's
+    /// acknowledgement clears the chunks it covers that nothing touched
+    /// since.
     pub(crate) fn complete(&self, mut item: Item, result: ItemReply) {
         let acked = result.is_ok();
-        let cb = self.log.chunk_bytes();
         {
             let mut g = self.lock();
             if acked {
@@ -353,25 +407,23 @@ impl CopyLink {
                     g.pending_resync.remove(c);
                 }
             }
-            let may_clear =
-                acked && matches!(g.state, LinkState::Inconsistent | LinkState::UpToDate);
-            if let Some(chunks) = item.chunks.clone() {
-                for c in chunks {
-                    let left = match g.inflight.get_mut(&c) {
-                        Some(n) => {
-                            *n -= 1;
-                            *n
-                        }
-                        None => 0,
-                    };
-                    if left == 0 {
-                        g.inflight.remove(&c);
-                        if may_clear && !g.pending_resync.contains(c) {
-                            if let Err(e) = self.log.clear(c * cb, cb) {
-                                // Staying dirty is safe: it costs a resend.
-                                g.last_error = Some(format!("dirty log clear: {e}"));
-                            }
-                        }
+            let may_clear = acked && self.may_clear(&g);
+            for c in item.chunks.clone().into_iter().flatten() {
+                if self.uncount(&mut g, c) == 0 && may_clear && !g.pending_resync.contains(c) {
+                    if item.durable {
+                        self.clear_chunk(&mut g, c);
+                    } else {
+                        g.unflushed.insert(c);
+                    }
+                }
+            }
+            if let Some(covers) = item.covers.take().filter(|_| may_clear) {
+                for c in covers.iter() {
+                    let touched = g.inflight.contains_key(&c)
+                        || g.pending_resync.contains(c)
+                        || g.unflushed.contains(c);
+                    if !touched {
+                        self.clear_chunk(&mut g, c);
                     }
                 }
             }
@@ -392,16 +444,23 @@ impl CopyLink {
         self.progress.notify_waiters();
     }
 
+    fn clear_chunk(&self, g: &mut Inner, c: u64) {
+        let cb = self.log.chunk_bytes();
+        if let Err(e) = self.log.clear(c * cb, cb) {
+            // Staying dirty is safe: it costs a resend.
+            g.last_error = Some(format!("dirty log clear: {e}"));
+        }
+    }
+
     /// A checksum resync found chunk `c` equal on both sides.
     pub(crate) fn resync_chunk_equal(&self, c: u64) {
-        let cb = self.log.chunk_bytes();
         let mut g = self.lock();
         g.pending_resync.remove(c);
         self.counters.resync_skipped.fetch_add(1, Ordering::Relaxed);
-        if !g.inflight.contains_key(&c) {
-            if let Err(e) = self.log.clear(c * cb, cb) {
-                g.last_error = Some(format!("dirty log clear: {e}"));
-            }
+        // Equal may mean equal in the copy's page cache only (a write it
+        // acknowledged in an earlier session): clean once a flush says so.
+        if !g.inflight.contains_key(&c) && self.may_clear(&g) {
+            g.unflushed.insert(c);
         }
         drop(g);
         self.progress.notify_waiters();
@@ -436,6 +495,7 @@ impl CopyLink {
         if let Some(f) = g.disk_failure.take() {
             tracing::info!(copy = %self.cfg.name, "the copy disk accepts writes again (it failed with {})", f.describe());
         }
+        self.log.settled();
         let now = Instant::now();
         if let Some(started) = g.resync_started {
             g.resync_finished = Some(now);

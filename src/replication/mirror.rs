@@ -2,6 +2,7 @@
 //! production disk and replicates writes, zeroes and trims to every copy
 //! link (DRBD protocol C in `Sync` mode).
 
+use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -32,11 +33,27 @@ pub struct VolumeConfig {
     pub generations: Generations,
 }
 
-/// The production disk plus its copy links, as one `BlockDevice`.
+/// The production disk plus its copies, as one `BlockDevice`.
 pub struct MirroredVolume {
     primary: Arc<Primary>,
-    links: Arc<RwLock<Vec<Arc<CopyLink>>>>,
+    copies: Arc<RwLock<Copies>>,
     rt: Handle,
+}
+
+/// Who hears of a write: every tracked dirty log marks it, every link
+/// sends it.
+#[derive(Clone, Default)]
+struct Copies {
+    /// One per copy the volume knows, connected or not: each write is
+    /// marked in every one of them before it is sent or answered.
+    logs: Vec<Arc<dyn DirtyLog>>,
+    links: Vec<Arc<CopyLink>>,
+}
+
+impl Copies {
+    fn tracks(&self, log: &Arc<dyn DirtyLog>) -> bool {
+        self.logs.iter().any(|l| Arc::ptr_eq(l, log))
+    }
 }
 
 impl MirroredVolume {
@@ -52,13 +69,24 @@ impl MirroredVolume {
                 epoch: AtomicU64::new(cfg.epoch),
                 generations: cfg.generations,
                 mode: cfg.mode,
+                failure: Default::default(),
             }),
-            links: Arc::default(),
+            copies: Arc::default(),
             rt: Handle::current(),
         })
     }
 
-    /// Start mirroring to a copy host; `log` is that copy's dirty bitmap.
+    /// Track every write from now on in `log`, the dirty log of a copy
+    /// that has no link yet (or no longer has one). Idempotent.
+    pub fn track(&self, log: Arc<dyn DirtyLog>) {
+        let mut c = self.copies.write().expect("copies lock poisoned");
+        if !c.tracks(&log) {
+            c.logs.push(log);
+        }
+    }
+
+    /// Start mirroring to a copy host; `log` is that copy's dirty log,
+    /// tracked from now on if it was not already.
     pub fn add_copy(
         &self,
         cfg: CopyConfig,
@@ -70,20 +98,25 @@ impl MirroredVolume {
                 "dirty log chunk of {cb} bytes (1 ..= {PAYLOAD_BYTES_MAX})"
             )));
         }
-        let link = Arc::new(CopyLink::new(cfg, self.primary.clone(), log));
-        self.links
-            .write()
-            .expect("links lock poisoned")
-            .push(link.clone());
+        let link = Arc::new(CopyLink::new(cfg, self.primary.clone(), log.clone()));
+        {
+            let mut c = self.copies.write().expect("copies lock poisoned");
+            if !c.tracks(&log) {
+                c.logs.push(log);
+            }
+            c.links.push(link.clone());
+        }
         self.rt.spawn(run_link(link.clone()));
         Ok(link)
     }
 
-    /// Stop and forget the link named `name` (its dirty log keeps its marks).
+    /// Stop and forget the link named `name`. Its dirty log stays tracked:
+    /// every later write is marked in it for when the copy comes back.
     pub fn remove_copy(&self, name: &str) {
-        self.links
+        self.copies
             .write()
-            .expect("links lock poisoned")
+            .expect("copies lock poisoned")
+            .links
             .retain(|l| {
                 if l.name() == name {
                     l.stop();
@@ -93,7 +126,17 @@ impl MirroredVolume {
     }
 
     pub fn links(&self) -> Vec<Arc<CopyLink>> {
-        self.links.read().expect("links lock poisoned").clone()
+        self.copies
+            .read()
+            .expect("copies lock poisoned")
+            .links
+            .clone()
+    }
+
+    /// Why the production disk failed, once it has (None until then): from
+    /// then on every write is refused and no dirty chunk is cleared.
+    pub fn disk_failure(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.primary.failure.watch()
     }
 
     /// Raise the epoch (a newer group decision); later messages carry it.
@@ -114,7 +157,13 @@ impl MirroredVolume {
 
 impl Drop for MirroredVolume {
     fn drop(&mut self) {
-        for l in self.links.read().expect("links lock poisoned").iter() {
+        for l in self
+            .copies
+            .read()
+            .expect("copies lock poisoned")
+            .links
+            .iter()
+        {
             l.stop();
         }
     }
@@ -130,7 +179,7 @@ impl BlockDevice for MirroredVolume {
             return self.primary.local.submit(req, done);
         }
         let primary = self.primary.clone();
-        let links = self.links.read().expect("links lock poisoned").clone();
+        let copies = self.copies.read().expect("copies lock poisoned").clone();
         // The place in the order is taken here, synchronously: requests
         // submitted one after another are applied (locally and on every
         // copy) in submission order where they overlap.
@@ -144,7 +193,7 @@ impl BlockDevice for MirroredVolume {
             _ => None,
         };
         self.rt.spawn(async move {
-            let _ = done.send(replicate(&primary, &links, req, ticket).await);
+            let _ = done.send(replicate(&primary, &copies, req, ticket).await);
         });
     }
 
@@ -156,7 +205,7 @@ impl BlockDevice for MirroredVolume {
 /// Apply `req` locally and on every link, in the gate's order.
 async fn replicate(
     primary: &Primary,
-    links: &[Arc<CopyLink>],
+    copies: &Copies,
     req: Request,
     ticket: Option<Ticket>,
 ) -> Result<Reply, StorageError> {
@@ -164,21 +213,27 @@ async fn replicate(
     let (offset, len) = match &req {
         Request::Write { offset, data, .. } => (*offset, data.len() as u64),
         Request::Trim { offset, len } | Request::WriteZeroes { offset, len, .. } => (*offset, *len),
-        Request::Flush => return flush(primary, links).await,
+        Request::Flush => return flush(primary, &copies.links).await,
         Request::Read { .. } => return storage::call(&*primary.local, req).await,
     };
     storage::check_range(offset, len, size)?;
+    if primary.disk_failed() {
+        return Err(disk_failed(offset));
+    }
+    let links = &copies.links[..];
     let mut ticket = ticket.unwrap_or_else(|| primary.gate.admit(offset, len));
     ticket.ready().await;
     // Mark the range in every copy's log before anything is sent, so a log
-    // that cannot record it fails the write before any copy has it.
-    if !links.is_empty() && !matches!(&req, Request::Write { data, .. } if data.is_empty()) {
-        if let Err(e) = mark_all(primary, links, offset, len).await {
+    // that cannot record it fails the write before any copy has it. Every
+    // copy the volume knows, linked or not: one that is away gets exactly
+    // this range when it comes back.
+    if !copies.logs.is_empty() && !matches!(&req, Request::Write { data, .. } if data.is_empty()) {
+        if let Err(e) = mark_all(primary, &copies.logs, offset, len).await {
             return Err(refused(offset, e));
         }
     }
-    let mut acks: Vec<oneshot::Receiver<ItemReply>> = Vec::new();
-    let mut failed = None;
+    let fua = matches!(&req, Request::Write { fua: true, .. });
+    let mut sent = Sent::default();
     let req = match req {
         // An empty write changes nothing and is not replicated.
         Request::Write { offset, data, fua } if !links.is_empty() && !data.is_empty() => {
@@ -217,7 +272,7 @@ async fn replicate(
                         released.push(back);
                         lease
                     });
-                    send(link, at, n as u64, op, lease, &mut acks, &mut failed).await;
+                    send(link, at, n as u64, op, lease, &mut sent).await;
                 }
                 start += n;
             }
@@ -239,14 +294,15 @@ async fn replicate(
                     trim,
                     punch,
                 };
-                send(link, offset, len, op, None, &mut acks, &mut failed).await;
+                send(link, offset, len, op, None, &mut sent).await;
             }
             req
         }
         req => req,
     };
-    if let Some(e) = failed {
+    if let Some(e) = sent.failed.take() {
         // Only a log failing between two marks of the same range gets here.
+        sent.local_done();
         drop(ticket);
         return Err(refused(offset, e));
     }
@@ -259,31 +315,83 @@ async fn replicate(
     } else {
         storage::call(&*primary.local, req).await
     };
+    if let Err(e) = &local {
+        // Before the chunks are let go below: a copy may already hold this
+        // write, so they must stay dirty for good.
+        primary.failure.set(format!("{e}"));
+    }
+    sent.local_done();
     drop(ticket);
     if primary.mode == Mode::Sync {
         // A copy that fails keeps the range dirty and is resynced; it does
-        // not fail the write (the application sees the production disk).
-        for a in acks {
-            let _ = a.await;
+        // not fail a plain write (the application sees the production disk,
+        // and the copy is no longer connected). A FUA write promises
+        // durability on every connected copy: a copy that cannot confirm it
+        // fails the write.
+        for (name, a) in sent.acks {
+            let r = a.await;
+            if fua && local.is_ok() {
+                not_durable(&name, r).map_err(|e| StorageError::Io { offset, source: e })?;
+            }
         }
     }
     local
 }
 
-/// Mark the range in every link's log: inline when the region was marked
+/// What a request left on the links: the answers to wait for, the counts
+/// to take back once the local write is done, a log failure.
+#[derive(Default)]
+struct Sent {
+    acks: Vec<(String, oneshot::Receiver<ItemReply>)>,
+    counted: Vec<(Arc<CopyLink>, RangeInclusive<u64>)>,
+    failed: Option<ReplicationError>,
+}
+
+impl Sent {
+    /// The local write is over (done, or failed and recorded as such):
+    /// let go of its count.
+    fn local_done(&mut self) {
+        for (link, chunks) in self.counted.drain(..) {
+            link.local_done(chunks);
+        }
+    }
+}
+
+/// Ok when the copy confirmed a FUA write or a flush; otherwise the error
+/// for the client, naming the copy.
+fn not_durable(
+    name: &str,
+    r: Result<ItemReply, oneshot::error::RecvError>,
+) -> Result<(), std::io::Error> {
+    let e = match r {
+        Ok(Ok(_)) => return Ok(()),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => ReplicationError::LinkDown.to_string(),
+    };
+    Err(std::io::Error::other(format!(
+        "copy {name} could not make the data durable: {e}"
+    )))
+}
+
+/// Mark the range in every tracked log: inline when the region was marked
 /// lately (no disk I/O expected), else on the blocking pool, so a bitmap
 /// fdatasync does not stall a runtime worker.
 async fn mark_all(
     primary: &Primary,
-    links: &[Arc<CopyLink>],
+    logs: &[Arc<dyn DirtyLog>],
     offset: u64,
     len: u64,
 ) -> Result<(), ReplicationError> {
+    let mark = move |logs: &[Arc<dyn DirtyLog>]| {
+        logs.iter()
+            .try_for_each(|l| l.mark(offset, len))
+            .map_err(ReplicationError::DirtyLog)
+    };
     if primary.mark_hint.recently_marked(offset, len) {
-        return links.iter().try_for_each(|l| l.mark(offset, len));
+        return mark(logs);
     }
-    let links = links.to_vec();
-    tokio::task::spawn_blocking(move || links.iter().try_for_each(|l| l.mark(offset, len)))
+    let owned = logs.to_vec();
+    tokio::task::spawn_blocking(move || mark(&owned))
         .await
         .map_err(|e| ReplicationError::DirtyLog(std::io::Error::other(e.to_string())))??;
     primary.mark_hint.record(offset, len);
@@ -300,28 +408,37 @@ fn refused(offset: u64, e: ReplicationError) -> StorageError {
     }
 }
 
+/// A write refused because the production disk failed earlier.
+fn disk_failed(offset: u64) -> StorageError {
+    StorageError::Io {
+        offset,
+        source: std::io::Error::other("the production disk failed: writes are refused"),
+    }
+}
+
 /// Take window room, count the range in flight (it is already marked),
 /// then queue it on the link's session if it has one. No await between the
 /// count and the queueing, so the count is always answered.
 async fn send(
-    link: &CopyLink,
+    link: &Arc<CopyLink>,
     offset: u64,
     len: u64,
     op: Op,
     lease: Option<PageLease>,
-    acks: &mut Vec<oneshot::Receiver<ItemReply>>,
-    failed: &mut Option<ReplicationError>,
+    sent: &mut Sent,
 ) {
     let permit = link.reserve(&op).await;
     match link.prepare(offset, len) {
         Ok(Some(sess)) => {
             let chunks = chunk_span(offset, len, link.chunk_bytes());
-            acks.push(link.send_leased(&sess, op, Some(chunks), None, permit, lease));
+            let ack = link.send_leased(&sess, op, Some(chunks.clone()), None, permit, lease);
+            sent.acks.push((link.name().to_string(), ack));
+            sent.counted.push((link.clone(), chunks));
         }
         Ok(None) => release(op, lease),
         Err(e) => {
             release(op, lease);
-            *failed = Some(e);
+            sent.failed = Some(e);
         }
     }
 }
@@ -352,18 +469,35 @@ async fn take_back(
     })
 }
 
+/// A FLUSH: a barrier on every connected copy and on the production disk.
+/// In sync mode it is answered only once every copy that had it queued made
+/// it durable; a copy that could not (an error, or its session ended before
+/// the answer) fails the flush, since what it acknowledged may be only in
+/// its page cache.
 async fn flush(primary: &Primary, links: &[Arc<CopyLink>]) -> Result<Reply, StorageError> {
     let mut acks = Vec::new();
     for link in links {
         let sess = link.lock().session.clone();
         if let Some(sess) = sess {
-            acks.push(link.enqueue(&sess, Op::Flush).await);
+            acks.push((
+                link.name().to_string(),
+                link.enqueue(&sess, Op::Flush).await,
+            ));
         }
     }
     let local = local_io(primary, Request::Flush).await;
+    if let Err(e) = &local {
+        primary.failure.set(format!("flush: {e}"));
+    }
     if primary.mode == Mode::Sync {
-        for a in acks {
-            let _ = a.await;
+        for (name, a) in acks {
+            let r = a.await;
+            if local.is_ok() {
+                not_durable(&name, r).map_err(|e| StorageError::Io {
+                    offset: 0,
+                    source: e,
+                })?;
+            }
         }
     }
     local

@@ -25,6 +25,11 @@ use super::wire::Msg;
 const WRITE_BUF_BYTES: usize = 4096;
 /// How often the ack deadline is checked.
 const WATCHDOG_MS: u64 = 200;
+/// Period of the flushes that make what the copy acknowledged durable
+/// there, so that its chunks can be cleared (a copy's acknowledgement alone
+/// means its page cache). One fdatasync a second on a busy copy; an idle
+/// link sends none.
+const FLUSH_PERIOD_MS: u64 = 1_000;
 
 /// Drive `link` until it is stopped or refused. A copy whose disk failed
 /// a request is retried on a backoff of its own (see `disk_failure.rs`);
@@ -250,6 +255,7 @@ async fn session(
         r = read_loop(link, reader, &sess.sent) => r,
         r = resync_then_idle(link, &sess) => r,
         r = watchdog(link, &sess.sent) => r,
+        r = flush_loop(link, &sess) => r,
         _ = stop.changed() => Ok(()),
     };
 
@@ -339,6 +345,23 @@ async fn read_loop(
             // The copy could not apply it: drop the link, resync later.
             return Err(ReplicationError::Remote { errno, offset, len });
         }
+    }
+}
+
+/// Every [`FLUSH_PERIOD_MS`], a flush covering what the copy acknowledged
+/// since the last one, if anything. Its answer clears those chunks (see
+/// `CopyLink::complete`); a failure leaves them dirty and the reader or
+/// the writer ends the session.
+async fn flush_loop(link: &CopyLink, sess: &SessionTx) -> Result<(), ReplicationError> {
+    let mut tick = tokio::time::interval(Duration::from_millis(FLUSH_PERIOD_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if link.lock().unflushed.is_empty() {
+            continue;
+        }
+        let _ = link.enqueue(sess, Op::Flush).await.await;
     }
 }
 

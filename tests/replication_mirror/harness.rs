@@ -100,6 +100,12 @@ pub async fn settled(link: &CopyLink) {
     .await;
 }
 
+/// Every dirty mark gone: what the copy acknowledged is cleared once a
+/// flush made it durable there (the link flushes once a second).
+pub async fn clean(log: &MemDirtyLog, what: &str) {
+    wait_for(what, || log.dirty_count() == 0).await;
+}
+
 pub fn same_files(a: &Path, b: &Path) -> bool {
     let (x, y) = (
         std::fs::read(a).expect("read"),

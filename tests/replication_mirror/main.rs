@@ -14,3 +14,5 @@ mod inline;
 mod label;
 mod lending;
 mod outage;
+mod power;
+mod volatile;
