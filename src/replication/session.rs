@@ -222,19 +222,25 @@ async fn session(
     }
 
     let sess = Arc::new(SessionTx::new(writer.into_inner()));
-    let begin_room = link.reserve(&Op::ResyncBegin { full }).await;
-    {
+    // A session with chunks to resync first sends ResyncBegin, queued
+    // while nobody else can see the session: the copy marks its label
+    // inconsistent before any resync or mirrored write reaches its disk.
+    // Queued outside the link's lock (queueing may take it); a chunk marked
+    // in between is seen by the next pass, which then sends it.
+    let mut begun = false;
+    loop {
+        if !begun && !link.log.dirty_chunks().is_empty() {
+            let room = link.reserve(&Op::ResyncBegin { full }).await;
+            drop(link.send(&sess, Op::ResyncBegin { full }, None, None, room));
+            begun = true;
+        }
         // Publishing the session and snapshotting the dirty chunks under
         // one lock: a write marked before this is in the snapshot, a write
         // prepared after it is sent on this session.
         let mut g = link.lock();
         let pending = link.log.dirty_chunks();
-        if !pending.is_empty() {
-            // The first request of the session, queued before anyone can
-            // see it: the copy marks its label inconsistent before any
-            // resync or mirrored write reaches its disk. Nothing else
-            // holds the new session, so it takes the request at once.
-            drop(link.send(&sess, Op::ResyncBegin { full }, None, None, begin_room));
+        if !begun && !pending.is_empty() {
+            continue;
         }
         g.session = Some(sess.clone());
         g.pending_resync = pending;
@@ -247,6 +253,7 @@ async fn session(
             LinkState::Inconsistent
         };
         link.counters.sessions.fetch_add(1, Ordering::Relaxed);
+        break;
     }
     tracing::info!(copy = %link.cfg.name, "replication link up");
 
