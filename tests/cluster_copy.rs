@@ -197,7 +197,7 @@ fn a_copy_host_killed_mid_resync_leaves_an_inconsistent_label_and_resumes() {
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(
         !refused.status.success()
-            && err.contains("is not consistent")
+            && err.contains("does not hold a complete image")
             && err.contains("--read-only"),
         "serve --disk on an interrupted resync: {refused:?}"
     );

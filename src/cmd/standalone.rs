@@ -69,11 +69,12 @@ pub fn open_labeled(
         // resync until its end is durable: resync writes land out of write
         // order, so the data area is no image of any moment in between.
         bail!(
-            "{shown} is not consistent: a resync onto it is in progress or was interrupted \
-             (or it was never synced), so its data area is not a usable image of the volume; \
-             refusing to serve it for writing. `--read-only` serves it as it is, for \
-             inspection only. To get a usable image, start its member again while the \
-             production host runs: the resync resumes and completes"
+            "{shown} does not hold a complete image of the volume: its label says \
+             inconsistent (a resync onto it is in progress or was interrupted, its data was \
+             discarded, or it was never synced); refusing to serve it for writing. \
+             `--read-only` serves it as it is, for inspection only. To get a usable image, \
+             start its member again while the production host runs: the resync resumes \
+             and completes"
         );
     }
     let inner = disk
