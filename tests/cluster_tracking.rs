@@ -46,9 +46,11 @@ fn a_failover_soon_after_a_full_sync_resyncs_only_the_extents_written() {
     // clear period (the scenario that resynced the whole volume).
     std::thread::sleep(Duration::from_secs(1));
     c.kill("a1");
-    let s = c.wait_status("w1", "a2 hosting production with the copy up to date", |s| {
-        host_of(s, "payroll-prod") == Some("a2") && all_synced(s)
-    });
+    let s = c.wait_status(
+        "w1",
+        "a2 hosting production with the copy up to date",
+        |s| host_of(s, "payroll-prod") == Some("a2") && all_synced(s),
+    );
     let moved = resource(&s, "payroll-dr").resynced_bytes;
     eprintln!("failover resync moved {moved} of {size} bytes");
     assert!(
@@ -131,8 +133,7 @@ fn a_copy_site_away_across_a_production_restart_gets_what_it_missed() {
     c.start("a1");
     c.wait_status("w1", "a1 back as production with dr up to date", |s| {
         host_of(s, "payroll-prod") == Some("a1")
-            && s
-                .resources
+            && s.resources
                 .iter()
                 .any(|r| r.id == "payroll-dr" && r.state == "UpToDate")
     });
