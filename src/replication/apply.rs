@@ -230,11 +230,17 @@ fn reply_msg(
         Ok(None) => Msg::Ack { epoch, seq },
         Ok(Some(sums)) => Msg::Sums { epoch, seq, sums },
         Err(e) => {
-            tracing::warn!(
-                offset = range.0,
-                len = range.1,
-                "the copy disk failed a request: {e}"
-            );
+            // A full disk fails every request in flight, on every retry:
+            // said at the 1st, 2nd, 4th, 8th ... failure, not each time.
+            let n = shared.stats.disk_failures.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(
+                    offset = range.0,
+                    len = range.1,
+                    failures = n,
+                    "the copy disk failed a request: {e}"
+                );
+            }
             Msg::Nack {
                 epoch,
                 seq,

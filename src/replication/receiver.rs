@@ -116,6 +116,8 @@ pub struct ReceiverStats {
     pub writes_applied: AtomicU64,
     /// Page bytes written to the copy disk.
     pub bytes_written: AtomicU64,
+    /// Requests the copy disk failed (each answered with a Nack).
+    pub disk_failures: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 

@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use geomirror::replication::{LinkState, Mode};
@@ -73,6 +74,7 @@ async fn a_copy_disk_out_of_space_is_disk_failed_then_resyncs_once_it_has_room()
     );
     let s = link.stats();
     assert_eq!(s.disk_failure, Some(f.clone()));
+    assert!(rx.stats().disk_failures.load(Ordering::Relaxed) > 0);
     assert!(s.last_error.unwrap_or_default().contains("ENOSPC"));
 
     // Production keeps marking what the copy lacks.
