@@ -239,7 +239,7 @@ fn a_copy_written_standalone_while_production_wrote_is_split_brain_and_never_mer
     assert!(
         s.mirroring
             .iter()
-            .any(|m| m.to == "b1" && m.state == "splitbrain"),
+            .any(|m| m.to == "b1" && m.state == "split-brain"),
         "{}",
         s.to_text()
     );

@@ -246,6 +246,55 @@ fn sync_state_changes_and_split_brain_are_reported() {
 }
 
 #[test]
+fn a_copy_disk_failure_is_reported_once_per_errno_with_its_offset() {
+    let t = Two::new();
+    let s = join(&t.empty, t.m("a1"), &["payroll-prod"]);
+    let s = join(&s, t.m("b1"), &["payroll-dr"]);
+    let syncing = progress(&s, "payroll-dr", CopyState::Resyncing);
+    let pair = &syncing.mirrors[0];
+    let failed = |state: &GroupState, errno: i32, offset: u64| {
+        after(
+            state,
+            GroupCommand::SyncProgress {
+                member: pair.from,
+                resource: res("payroll-dr"),
+                epoch: pair.epoch,
+                report: SyncReport {
+                    state: CopyState::DiskFailed,
+                    disk_errno: Some(errno),
+                    disk_offset: Some(offset),
+                    ..SyncReport::default()
+                },
+            },
+        )
+    };
+    let full = failed(&syncing, libc::ENOSPC, 104_857_600);
+    let events = diff_events(&syncing, &full);
+    let expected = Event::CopyDiskFailed {
+        resource: "payroll-dr".into(),
+        member: "b1".into(),
+        errno: libc::ENOSPC,
+        error: "ENOSPC".into(),
+        offset: 104_857_600,
+    };
+    assert_eq!(events.last(), Some(&expected), "{events:?}");
+    let line = serde_json::to_value(&expected).expect("json");
+    assert_eq!(line["kind"], "copy-disk-failed");
+    assert_eq!(
+        (line["errno"].as_i64(), line["offset"].as_u64()),
+        (Some(28), Some(104_857_600))
+    );
+    // A retry failing further on is no news; another errno is.
+    let further = failed(&full, libc::ENOSPC, 109_051_904);
+    assert_eq!(diff_events(&full, &further), vec![]);
+    let eio = failed(&further, libc::EIO, 0);
+    assert!(matches!(
+        diff_events(&further, &eio).as_slice(),
+        [Event::CopyDiskFailed { errno, .. }] if *errno == libc::EIO
+    ));
+}
+
+#[test]
 fn snapshot_replays_the_state_from_nothing() {
     let t = Two::new();
     let s = join(&t.empty, t.m("a1"), &["payroll-prod"]);

@@ -386,6 +386,9 @@ fn status_report_sets_quorum_rates_and_lag() {
             eta_s: None,
             lag_bytes: 12288,
             lag_s: f64::NAN,
+            disk_errno: None,
+            disk_error: None,
+            disk_offset: None,
         }],
         mirroring: vec![],
     };

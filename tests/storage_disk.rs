@@ -319,7 +319,7 @@ fn dirty_marks_survive_a_kill_9_of_the_marking_process() {
 }
 
 #[test]
-fn a_bitmap_block_with_a_bad_crc_is_reported() {
+fn a_bitmap_block_with_a_bad_crc_is_read_as_dirty_and_rewritten() {
     let dir = common::tempdir();
     let disk = formatted(dir.path());
     let l = Label::read_path(&disk).expect("label");
@@ -330,20 +330,40 @@ fn a_bitmap_block_with_a_bad_crc_is_reported() {
     f.write_all_at(&[1], l.layout.bitmap_offset + 100)
         .expect("flip a bitmap byte");
     drop(f);
-    match HostedDisk::open(&disk, None) {
-        Err(LabelError::Corrupt(what)) => assert!(
-            what.contains("bitmap block 0") && what.contains("crc"),
-            "{what}"
-        ),
-        Err(e) => panic!("expected Corrupt, got {e}"),
-        Ok(_) => panic!("a corrupt bitmap was trusted"),
+    let label = |disk: &Path| {
+        Command::new(bin())
+            .args(["label", "--json"])
+            .arg(disk)
+            .output()
+            .expect("run label")
+    };
+    // `label` only looks: it reports the damage and leaves the block as is.
+    for _ in 0..2 {
+        let out = label(&disk);
+        assert!(out.status.success(), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("bitmap block 0") && err.contains("crc mismatch"),
+            "{err}"
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("label JSON");
+        assert_eq!(v["dirty_bytes"].as_u64(), Some(l.data_size()));
     }
-    let out = Command::new(bin())
-        .arg("label")
-        .arg(&disk)
-        .output()
-        .expect("run label");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("bitmap block 0"));
+    // Hosting it takes the block's chunks (here all of them) as dirty and
+    // writes the block back whole.
+    let h = open(&disk);
+    assert_eq!(h.bitmap().damaged().len(), 1);
+    assert_eq!(h.bitmap().dirty_bytes(), l.data_size());
+    drop(h);
+    let h = open(&disk);
+    assert!(h.bitmap().damaged().is_empty());
+    assert_eq!(h.bitmap().dirty_bytes(), l.data_size());
+    drop(h);
+    let out = label(&disk);
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("bitmap block"),
+        "{out:?}"
+    );
 }
 
 /// A loop device over a file, detached when dropped.

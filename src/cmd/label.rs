@@ -43,8 +43,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let shown = args.disk.display();
     let file = std::fs::File::open(&args.disk).with_context(|| format!("open {shown}"))?;
     let label = Label::read(&file).with_context(|| format!("read the label of {shown}"))?;
-    let bitmap = DirtyBitmap::load(Arc::new(file), label.layout)
+    // Only looking: a damaged block is reported here and repaired by the
+    // next member (or serve) that hosts the disk.
+    let bitmap = DirtyBitmap::inspect(Arc::new(file), label.layout)
         .with_context(|| format!("read the dirty bitmap of {shown}"))?;
+    for d in bitmap.damaged() {
+        eprintln!("warning: {shown}: {d}; the next host of the disk rewrites the block");
+    }
     let dirty_bytes = bitmap.dirty_bytes();
     if args.json {
         let doc = serde_json::to_string_pretty(&Shown {
@@ -86,7 +91,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .collect::<Vec<_>>()
                 .join(" "),
         ),
-        ("consistent", yes(l.flags.consistent).into()),
+        ("consistent", consistent(l.flags.consistent).into()),
         ("primary seen", yes(l.flags.primary_seen).into()),
         ("sequence", l.seq.to_string()),
         ("dirty", sized(dirty_bytes)),
@@ -95,6 +100,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         println!("{:<20}{v}", format!("{k}:"));
     }
     Ok(())
+}
+
+/// The `consistent` line: a disk that is not says why it may not be.
+fn consistent(yes: bool) -> &'static str {
+    if yes {
+        "yes"
+    } else {
+        // A copy's label says so from the first request of a resync to the
+        // flush at its end; a freshly formatted disk, before its first
+        // sync, says so too.
+        "no (resync in progress or interrupted, or never synced)"
+    }
 }
 
 /// Marks the copy disk at `path` as holding nothing worth keeping: no

@@ -65,9 +65,16 @@ pub fn open_labeled(
     };
     let label = disk.label();
     if !read_only && !label.flags.consistent {
+        // A copy's label says inconsistent from the first request of a
+        // resync until its end is durable: resync writes land out of write
+        // order, so the data area is no image of any moment in between.
         bail!(
-            "{shown} does not hold a complete image (a full sync onto it never finished): \
-             refusing to serve it for writing (--read-only serves it anyway)"
+            "{shown} does not hold a complete image of the volume: its label says \
+             inconsistent (a resync onto it is in progress or was interrupted, its data was \
+             discarded, or it was never synced); refusing to serve it for writing. \
+             `--read-only` serves it as it is, for inspection only. To get a usable image, \
+             start its member again while the production host runs: the resync resumes \
+             and completes"
         );
     }
     let inner = disk

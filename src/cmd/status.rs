@@ -29,8 +29,8 @@ pub struct Args {
     pub watch: bool,
     /// Wait until every copy is UpToDate, showing the sync's progress (a bar
     /// on a terminal, log lines otherwise), then print the report and exit
-    /// 0. Exits non-zero on split brain, a refused copy, or after
-    /// `--timeout-ms`.
+    /// 0. Exits non-zero on split brain, a refused copy, a copy whose disk
+    /// fails writes, or after `--timeout-ms`.
     #[arg(long, conflicts_with = "watch")]
     pub wait_sync: bool,
     /// Time between two reports with `--watch` or `--wait-sync` (100 ms to one hour).
@@ -123,6 +123,17 @@ pub fn sync_view(report: &StatusReport) -> SyncView {
                     "{} refused mirroring from the production host (a disk of another \
                      group or resource?)",
                     c.id
+                ))
+            }
+            "DiskFailed" => {
+                return SyncView::Failed(format!(
+                    "the copy disk of {} on {} fails writes{}: free space or replace the disk",
+                    c.id,
+                    c.host.as_deref().unwrap_or("its host"),
+                    match (&c.disk_error, c.disk_offset) {
+                        (Some(e), Some(at)) => format!(" with {e} at offset {at}"),
+                        _ => String::new(),
+                    }
                 ))
             }
             _ => {}
@@ -281,6 +292,9 @@ mod tests {
             eta_s: None,
             lag_bytes: 0,
             lag_s: 0.0,
+            disk_errno: None,
+            disk_error: None,
+            disk_offset: None,
         }
     }
 
@@ -357,6 +371,17 @@ mod tests {
         );
         let r = report(vec![resource("payroll-dr", "copy", "Refused", 0, 0)]);
         assert!(matches!(&sync_view(&r), SyncView::Failed(why) if why.contains("refused")));
+        let r = report(vec![ResourceStatus {
+            disk_errno: Some(libc::ENOSPC),
+            disk_error: Some("ENOSPC".into()),
+            disk_offset: Some(4096),
+            ..resource("payroll-dr", "copy", "DiskFailed", 0, 1 << 20)
+        }]);
+        assert!(
+            matches!(&sync_view(&r), SyncView::Failed(why) if why.contains("payroll-dr on b1 fails writes with ENOSPC at offset 4096")),
+            "{:?}",
+            sync_view(&r)
+        );
         let mut r = report(vec![resource("payroll-dr", "copy", "Disconnected", 0, 0)]);
         r.mirroring.push(MirrorStatus {
             from: "a1".into(),

@@ -66,6 +66,9 @@ pub enum CopyState {
     SplitBrain,
     /// Mirroring to this copy failed; the production host keeps a bitmap.
     Failed,
+    /// The copy's disk fails writes (`disk_errno` at `disk_offset`): it is
+    /// retried with a backoff; the production host keeps a bitmap.
+    DiskFailed,
 }
 
 /// A copy's sync state with its progress counters, filled in by the
@@ -90,6 +93,12 @@ pub struct SyncReport {
     /// Async mode: age of the oldest unacknowledged write, in milliseconds.
     #[serde(default)]
     pub lag_ms: u64,
+    /// `DiskFailed`: the errno the copy's disk answered.
+    #[serde(default)]
+    pub disk_errno: Option<i32>,
+    /// `DiskFailed`: where on the copy disk the failed request was.
+    #[serde(default)]
+    pub disk_offset: Option<u64>,
 }
 
 /// One ordered message of the group. Every member applies the same

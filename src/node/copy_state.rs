@@ -3,7 +3,7 @@
 
 use crate::config::Mode;
 use crate::group::CopyState;
-use crate::replication::{CopyStats, LinkState};
+use crate::replication::{errno_name, CopyStats, LinkState};
 
 use super::status::ResourceStatus;
 
@@ -19,7 +19,8 @@ fn lagging(c: &CopyStats, mode: Mode) -> bool {
 /// left to resync shows no rate and no ETA (the link keeps its last
 /// resync's mean rate).
 pub fn live_figures(r: &mut ResourceStatus, c: &CopyStats, mode: Mode) {
-    let resyncing = c.resync_bytes_to_go > 0;
+    // A copy whose disk fails is not moving: no rate, no ETA.
+    let resyncing = c.resync_bytes_to_go > 0 && c.state != LinkState::DiskFailed;
     r.state = link_state_name(c, mode).into();
     r.resynced_bytes = c.resynced_bytes;
     r.bytes_to_go = c.resync_bytes_to_go;
@@ -31,6 +32,18 @@ pub fn live_figures(r: &mut ResourceStatus, c: &CopyStats, mode: Mode) {
     r.eta_s = c.resync_eta_s.filter(|_| resyncing);
     r.lag_bytes = c.lag_bytes;
     r.lag_s = c.lag_s;
+    let failure = c.disk_failure.as_ref();
+    r.disk_errno = failure.map(|f| f.errno);
+    r.disk_error = failure.map(|f| errno_name(f.errno));
+    r.disk_offset = failure.map(|f| f.offset);
+}
+
+/// Fill `r`'s disk failure from the report the group replicated.
+pub fn reported_disk_failure(r: &mut ResourceStatus, rep: &crate::group::SyncReport) {
+    let failed = rep.state == CopyState::DiskFailed;
+    r.disk_errno = rep.disk_errno.filter(|_| failed);
+    r.disk_error = r.disk_errno.map(errno_name);
+    r.disk_offset = rep.disk_offset.filter(|_| failed);
 }
 
 /// The name status shows for a copy state reported through the group.
@@ -42,6 +55,7 @@ pub fn copy_state_name(s: CopyState) -> &'static str {
         CopyState::Lagging => "Lagging",
         CopyState::SplitBrain => "SplitBrain",
         CopyState::Failed => "Disconnected",
+        CopyState::DiskFailed => "DiskFailed",
     }
 }
 
@@ -54,6 +68,7 @@ fn link_state_name(c: &CopyStats, mode: Mode) -> &'static str {
         LinkState::SplitBrain => "SplitBrain",
         LinkState::Refused => "Refused",
         LinkState::Stopped => "Stopped",
+        LinkState::DiskFailed => "DiskFailed",
     }
 }
 
@@ -65,8 +80,13 @@ pub fn sync_report(c: &CopyStats, mode: Mode) -> crate::group::SyncReport {
         LinkState::UpToDate if lagging(c, mode) => CopyState::Lagging,
         LinkState::UpToDate => CopyState::UpToDate,
         LinkState::SplitBrain => CopyState::SplitBrain,
+        LinkState::DiskFailed => CopyState::DiskFailed,
     };
-    let resyncing = c.resync_bytes_to_go > 0;
+    let resyncing = c.resync_bytes_to_go > 0 && state != CopyState::DiskFailed;
+    let failure = c
+        .disk_failure
+        .as_ref()
+        .filter(|_| state == CopyState::DiskFailed);
     crate::group::SyncReport {
         state,
         resynced_bytes: c.resynced_bytes,
@@ -85,6 +105,8 @@ pub fn sync_report(c: &CopyStats, mode: Mode) -> crate::group::SyncReport {
             .filter(|_| resyncing)
             .map(|s| finite_u64(s.ceil())),
         lag_ms: finite_u64(c.lag_s * 1000.0),
+        disk_errno: failure.map(|f| f.errno),
+        disk_offset: failure.map(|f| f.offset),
     }
 }
 
@@ -116,6 +138,7 @@ mod tests {
             resync_eta_s: None,
             sessions: 1,
             last_error: None,
+            disk_failure: None,
         }
     }
 
@@ -133,6 +156,9 @@ mod tests {
             eta_s: None,
             lag_bytes: 0,
             lag_s: 0.0,
+            disk_errno: None,
+            disk_error: None,
+            disk_offset: None,
         }
     }
 
@@ -188,6 +214,7 @@ mod tests {
             resync_eta_s: None,
             sessions: 1,
             last_error: None,
+            disk_failure: None,
         };
         let done = sync_report(&c, Mode::Sync);
         assert_eq!(

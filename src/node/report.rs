@@ -6,7 +6,7 @@ use crate::group::state::{GroupState, MemberStatus as GroupMemberStatus};
 use crate::group::MemberId;
 use crate::replication::CopyStats;
 
-use super::copy_state::{copy_state_name, live_figures};
+use super::copy_state::{copy_state_name, live_figures, reported_disk_failure};
 use super::status::{MemberStatus, MirrorStatus, ResourceStatus, StatusReport};
 
 /// What this member knows beyond the replicated state.
@@ -106,6 +106,9 @@ pub fn build(
             eta_s: None,
             lag_bytes: 0,
             lag_s: 0.0,
+            disk_errno: None,
+            disk_error: None,
+            disk_offset: None,
         };
         if let Some(pair) = state.mirrors.iter().find(|p| p.resource == site.resource) {
             let to = name(pair.to);
@@ -118,8 +121,21 @@ pub fn build(
             r.rate_bytes_per_s = rep.rate_bytes_per_s as f64;
             r.eta_s = rep.eta_s.map(|s| s as f64);
             r.lag_s = rep.lag_ms as f64 / 1000.0;
+            reported_disk_failure(&mut r, &rep);
             if let Some(c) = live {
                 live_figures(&mut r, c, domain.mode);
+            }
+            if r.state == "DiskFailed" {
+                let what = match (&r.disk_error, r.disk_offset) {
+                    (Some(e), Some(at)) => format!("{e} at offset {at}"),
+                    _ => "an error".into(),
+                };
+                warnings.push(format!(
+                    "the copy disk of {} on {to} fails writes with {what}: free space or \
+                     replace the disk; the copy resyncs when it accepts writes again \
+                     (production keeps every write marked for it meanwhile)",
+                    r.id
+                ));
             }
             if r.state == "SplitBrain" {
                 warnings.push(format!(
@@ -140,7 +156,7 @@ pub fn build(
                         "Inconsistent" | "SyncSource" => "syncing".into(),
                         "UpToDate" | "Lagging" => "mirroring".into(),
                         "Unknown" => "starting".into(),
-                        other => other.to_ascii_lowercase(),
+                        other => kebab_case(other),
                     },
                 },
             });
@@ -165,6 +181,19 @@ pub fn build(
         resources,
         mirroring,
     }
+}
+
+/// A state name as the mirroring list spells it: `SplitBrain` becomes
+/// `split-brain`, the one spelling `status --wait-sync` looks for.
+fn kebab_case(state: &str) -> String {
+    let mut out = String::with_capacity(state.len() + 4);
+    for (i, ch) in state.chars().enumerate() {
+        if ch.is_ascii_uppercase() && i > 0 {
+            out.push('-');
+        }
+        out.push(ch.to_ascii_lowercase());
+    }
+    out
 }
 
 #[cfg(test)]
@@ -208,6 +237,26 @@ address = "127.0.0.1:3"
                 fingerprint: fp,
             })
             .expect("join");
+        }
+        // Both hosts sent their configuration (blocks 80-84): the pair
+        // is no longer waiting for it.
+        for (m, r) in [(0, "payroll-prod"), (1, "payroll-dr")] {
+            let epoch = s
+                .resource(&ResourceId::from(r))
+                .expect("resource")
+                .1
+                .host_epoch;
+            s.apply(&GroupCommand::ResourceConfig {
+                member: MemberId(m),
+                resource: ResourceId::from(r),
+                epoch,
+                config: crate::group::ResourceConfig {
+                    size_bytes: 1 << 30,
+                    block_size_bytes: 4096,
+                    label_generation: 1,
+                },
+            })
+            .expect("configuration");
         }
         let epoch = s.mirrors.first().expect("a mirroring pair").epoch;
         s.apply(&GroupCommand::SyncProgress {
@@ -285,6 +334,52 @@ address = "127.0.0.1:3"
             "{:?}",
             r.warnings
         );
+        // The spelling `status --wait-sync` stops waiting on (cmd/status.rs).
+        assert_eq!(r.mirroring[0].state, "split-brain");
+        assert!(
+            r.to_text().contains("a1 -> b1  payroll-dr  split-brain"),
+            "{}",
+            r.to_text()
+        );
+    }
+
+    #[test]
+    fn a_copy_disk_that_fails_writes_is_shown_with_its_errno_offset_and_what_to_do() {
+        let (d, s) = mirrored(SyncReport {
+            state: CopyState::DiskFailed,
+            resynced_bytes: 64 << 20,
+            bytes_to_go: 192 << 20,
+            disk_errno: Some(libc::ENOSPC),
+            disk_offset: Some(104_857_600),
+            ..SyncReport::default()
+        });
+        let r = build(&d, MemberId(2), &s, &LocalView::default());
+        let copy = &r.resources[1];
+        assert_eq!(copy.state, "DiskFailed");
+        assert_eq!(
+            (
+                copy.disk_errno,
+                copy.disk_error.as_deref(),
+                copy.disk_offset
+            ),
+            (Some(libc::ENOSPC), Some("ENOSPC"), Some(104_857_600))
+        );
+        assert_eq!(r.mirroring[0].state, "disk-failed");
+        assert!(
+            r.warnings.iter().any(|w| w.contains(
+                "the copy disk of payroll-dr on b1 fails writes with ENOSPC at offset 104857600: \
+                 free space or replace the disk; the copy resyncs when it accepts writes again"
+            )),
+            "{:?}",
+            r.warnings
+        );
+        let text = r.to_text();
+        assert!(
+            text.contains("DiskFailed")
+                && text.contains("disk fails writes: ENOSPC at offset 104857600"),
+            "{text}"
+        );
+        assert!(!text.contains("eta"), "not a sync in progress: {text}");
     }
 
     #[test]

@@ -112,6 +112,7 @@ mod tests {
             resync_eta_s: None,
             sessions: 1,
             last_error: None,
+            disk_failure: None,
         }
     }
 

@@ -19,9 +19,9 @@ use crate::group::takeover::{self, DiskGenerations};
 use crate::group::{GroupCommand, MemberId, ResourceConfig, ResourceId, TakeoverRefusal};
 use crate::nbd::{Export, ListenAddr, Server, ServerConfig};
 use crate::replication::{
-    CopyConfig, CopyStats, MirroredVolume, Mode, Receiver, ReceiverConfig, VolumeConfig,
+    CopyConfig, CopyLabel, CopyStats, MirroredVolume, Mode, Receiver, ReceiverConfig, VolumeConfig,
 };
-use crate::storage::{EngineKind, Generations, HostedDisk};
+use crate::storage::{EngineKind, HostedDisk, LabelError};
 
 use super::dirty::SharedBitmap;
 use super::fence::{FenceGate, FencedDevice};
@@ -53,7 +53,6 @@ struct Serving {
 struct Receiving {
     receiver: Receiver,
     streams: mpsc::Sender<TcpStream>,
-    label_task: JoinHandle<()>,
 }
 
 /// Everything this member runs for the group.
@@ -493,35 +492,33 @@ impl Roles {
         }
         let disk = self.hosted(resource)?;
         let label = disk.label();
-        let mut generations = label.generations;
-        if !label.flags.consistent {
-            // A fresh (or interrupted full-sync) copy holds nothing to keep.
-            generations = Generations::default();
-        }
         let device = disk
             .device(self.engine_kind)
             .context("open the copy disk's engine")?;
-        let cfg = ReceiverConfig::new(self.domain.secret.as_bytes(), epoch, generations);
+        // The label as it is: an inconsistent one (a resync under way when
+        // the copy stopped) keeps its generations, and the receiver tells
+        // from production's generations whether that resync resumes or a
+        // full sync is due (`CopyLabel::reported_to`).
+        let mut cfg = ReceiverConfig::new(self.domain.secret.as_bytes(), epoch, label.generations);
+        cfg.consistent = label.flags.consistent;
+        let label_disk = disk.clone();
+        cfg.write_label = Some(Arc::new(move |l: CopyLabel| {
+            label_disk
+                .update_label(|label| {
+                    label.generations = l.generations;
+                    label.flags.consistent = l.consistent;
+                })
+                .map(|_| ())
+                .map_err(|e| match e {
+                    LabelError::Io { source, .. } => source,
+                    e => std::io::Error::other(e.to_string()),
+                })
+        }));
+        if !label.flags.consistent {
+            tracing::warn!(%resource, generations = %label.generations, "the copy disk is not consistent: a resync onto it is due (or was interrupted)");
+        }
         let (tx, rx) = mpsc::channel(8);
         let receiver = Receiver::start_streams(rx, device, cfg);
-        let mut gens = receiver.watch_generations();
-        let label_disk = disk.clone();
-        let label_task = tokio::spawn(async move {
-            while gens.changed().await.is_ok() {
-                let g = *gens.borrow_and_update();
-                let d = label_disk.clone();
-                let r = tokio::task::spawn_blocking(move || {
-                    d.update_label(|l| {
-                        l.generations = g;
-                        l.flags.consistent = g.current != 0;
-                    })
-                })
-                .await;
-                if let Ok(Err(e)) = r {
-                    tracing::error!("persisting the copy's generations: {e}");
-                }
-            }
-        });
         *self
             .replication_sink
             .lock()
@@ -532,7 +529,6 @@ impl Roles {
             Receiving {
                 receiver,
                 streams: tx,
-                label_task,
             },
         );
         Ok(())
@@ -550,7 +546,6 @@ impl Roles {
                 }
             }
             r.receiver.shutdown().await;
-            r.label_task.abort();
             tracing::info!(%resource, "stopped receiving mirrored writes");
         }
     }

@@ -44,7 +44,8 @@ pub struct ResourceStatus {
     pub host: Option<String>,
     /// For the production disk `UpToDate` when hosted, `Fenced` (on its host)
     /// while the host refuses writes for lack of quorum; for a copy its sync
-    /// state: `Inconsistent` while syncing, `UpToDate`, `Outdated`, `SplitBrain`, …
+    /// state: `Inconsistent` while syncing, `UpToDate`, `Outdated`, `SplitBrain`,
+    /// `DiskFailed` (its disk fails writes: see `disk_errno`), …
     pub state: String,
     pub size_bytes: Option<u64>,
     /// Bytes moved by the current or last resync.
@@ -56,6 +57,15 @@ pub struct ResourceStatus {
     /// Async mode: bytes written on production and not yet acknowledged by this copy.
     pub lag_bytes: u64,
     pub lag_s: f64,
+    /// `DiskFailed`: the errno the copy's disk answered (28 for ENOSPC) ...
+    #[serde(default)]
+    pub disk_errno: Option<i32>,
+    /// ... its name (`ENOSPC`) ...
+    #[serde(default)]
+    pub disk_error: Option<String>,
+    /// ... and where on the copy disk the failed request was.
+    #[serde(default)]
+    pub disk_offset: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,7 +73,8 @@ pub struct MirrorStatus {
     pub from: String,
     pub to: String,
     pub resource: String,
-    /// `starting`, `syncing`, `mirroring`, `disconnected`, `split-brain`, …
+    /// `starting`, `syncing`, `mirroring`, `disconnected`, `split-brain`,
+    /// `disk-failed`, … (the copy's state in kebab case otherwise).
     pub state: String,
 }
 
@@ -130,7 +141,10 @@ fn dash_if_empty(s: &str) -> &str {
 }
 
 fn sync_column(r: &ResourceStatus) -> String {
-    if r.bytes_to_go > 0 {
+    if let (Some(error), Some(offset)) = (&r.disk_error, r.disk_offset) {
+        // Not a sync in progress: the copy waits for its disk.
+        format!("disk fails writes: {error} at offset {offset}")
+    } else if r.bytes_to_go > 0 {
         let total = r.resynced_bytes + r.bytes_to_go;
         let pct = 100.0 * r.resynced_bytes as f64 / total.max(1) as f64;
         let eta = r.eta_s.map(|e| format!(" eta {e:.0}s")).unwrap_or_default();
@@ -180,6 +194,9 @@ mod tests {
                 eta_s: Some(5.0),
                 lag_bytes: 0,
                 lag_s: 0.0,
+                disk_errno: None,
+                disk_error: None,
+                disk_offset: None,
             }],
             mirroring: vec![MirrorStatus {
                 from: "a1".into(),

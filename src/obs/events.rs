@@ -99,6 +99,21 @@ pub enum Event {
         /// The copy host.
         to: String,
     },
+    /// A copy's disk fails writes (ENOSPC on a thin or sparse disk, EIO):
+    /// the production host retries it with a backoff and keeps marking
+    /// every write for it. Sent when this starts and when the errno changes.
+    CopyDiskFailed {
+        /// The copy resource.
+        resource: String,
+        /// The copy host.
+        member: String,
+        /// The errno its disk answered.
+        errno: i32,
+        /// Its name (`ENOSPC`).
+        error: String,
+        /// Where on the copy disk the failed request was.
+        offset: u64,
+    },
     /// Not a group event: this production host refuses writes (EIO) because
     /// the group has had no quorum for longer than the grace period.
     WritesFenced {
@@ -226,6 +241,19 @@ pub fn diff_events(old: &GroupState, new: &GroupState) -> Vec<Event> {
                     to: name(pair.to),
                 });
             }
+        }
+        let old_errno = before
+            .filter(|p| p.sync.state == CopyState::DiskFailed)
+            .and_then(|p| p.sync.disk_errno);
+        if pair.sync.state == CopyState::DiskFailed && pair.sync.disk_errno != old_errno {
+            let errno = pair.sync.disk_errno.unwrap_or(libc::EIO);
+            events.push(Event::CopyDiskFailed {
+                resource: pair.resource.to_string(),
+                member: name(pair.to),
+                errno,
+                error: crate::replication::errno_name(errno),
+                offset: pair.sync.disk_offset.unwrap_or(0),
+            });
         }
     }
     events

@@ -332,7 +332,7 @@ impl Drop for NbdConnection {
 
 /// Every copy state, with the label value `geomirror_copy_state` gives it
 /// (the same spelling as `status`).
-pub const COPY_STATES: [(CopyState, &str); 7] = [
+pub const COPY_STATES: [(CopyState, &str); 8] = [
     (CopyState::Unknown, "Unknown"),
     (CopyState::Inconsistent, "Inconsistent"),
     (CopyState::Resyncing, "Resyncing"),
@@ -340,6 +340,7 @@ pub const COPY_STATES: [(CopyState, &str); 7] = [
     (CopyState::Lagging, "Lagging"),
     (CopyState::SplitBrain, "SplitBrain"),
     (CopyState::Failed, "Failed"),
+    (CopyState::DiskFailed, "DiskFailed"),
 ];
 
 /// The handles of one copy: replication lag, resync progress, sync state.
@@ -350,7 +351,7 @@ pub struct CopyMetrics {
     resync_bytes: Counter,
     resync_remaining: Gauge,
     resync_rate: Gauge,
-    state: Arc<[Gauge; 7]>,
+    state: Arc<[Gauge; COPY_STATES.len()]>,
 }
 
 impl CopyMetrics {

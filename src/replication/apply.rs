@@ -10,8 +10,9 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::error::ReplicationError;
 use super::framed::write_frame;
+use super::generation::Generations;
 use super::order::OverlapGate;
-use super::receiver::Shared;
+use super::receiver::{CopyLabel, Shared};
 use super::wire::{Msg, PAYLOAD_BYTES_MAX, SUMS_COUNT_MAX};
 use crate::storage::run_here;
 use crate::storage::{self, Inline, IoBuf, Reply, Request, StorageError};
@@ -72,7 +73,28 @@ pub(super) async fn dispatch(
         return Err(ReplicationError::StaleEpoch { got: epoch, known });
     }
     let size = shared.disk.size();
-    let (seq, req, ticket) = match msg {
+    if let Msg::ResyncBegin { seq, full, .. } = msg {
+        // A barrier that also holds back every later request: the reader
+        // reads the next frame only once this returns, so nothing of the
+        // resync lands while the label still says consistent.
+        let mut ticket = gate.barrier();
+        ticket.ready().await;
+        let reply = begin_resync(shared, full).await.map(|()| None);
+        drop(ticket);
+        let failed = reply.as_ref().err().map(StorageError::errno);
+        let _ = acks.send(reply_msg(shared, seq, (0, 0), reply));
+        return match failed {
+            None => Ok(()),
+            // The resync writes queued behind it must not land on a disk
+            // whose label still says consistent: end the session here
+            // (its answer still goes out first).
+            Some(errno) => Err(ReplicationError::Storage(StorageError::Io {
+                offset: 0,
+                source: std::io::Error::from_raw_os_error(errno),
+            })),
+        };
+    }
+    let (seq, req, ticket, range) = match msg {
         Msg::Write {
             seq,
             offset,
@@ -86,6 +108,7 @@ pub(super) async fn dispatch(
                 seq,
                 Op::Disk(Request::Write { offset, data, fua }),
                 gate.admit(offset, len.into()),
+                (offset, len.into()),
             )
         }
         Msg::Zero {
@@ -102,10 +125,10 @@ pub(super) async fn dispatch(
             } else {
                 Request::WriteZeroes { offset, len, punch }
             };
-            (seq, Op::Disk(req), gate.admit(offset, len))
+            (seq, Op::Disk(req), gate.admit(offset, len), (offset, len))
         }
-        Msg::Flush { seq, .. } => (seq, Op::Disk(Request::Flush), gate.barrier()),
-        Msg::InSync { seq, current, .. } => (seq, Op::InSync { current }, gate.barrier()),
+        Msg::Flush { seq, .. } => (seq, Op::Disk(Request::Flush), gate.barrier(), (0, 0)),
+        Msg::InSync { seq, current, .. } => (seq, Op::InSync { current }, gate.barrier(), (0, 0)),
         Msg::SumsRequest {
             seq,
             offset,
@@ -131,6 +154,7 @@ pub(super) async fn dispatch(
                     chunk_bytes,
                 },
                 gate.admit(offset, len),
+                (offset, len),
             )
         }
         _ => {
@@ -154,7 +178,7 @@ pub(super) async fn dispatch(
                         None
                     });
                     drop(ticket);
-                    let _ = acks.send(reply_msg(shared, seq, reply));
+                    let _ = acks.send(reply_msg(shared, seq, range, reply));
                     return Ok(());
                 }
                 Inline::Declined(r) => Op::Disk(r),
@@ -185,25 +209,86 @@ pub(super) async fn dispatch(
         ticket.ready().await;
         let reply = run(&shared, req).await;
         drop(ticket);
-        let _ = acks.send(reply_msg(&shared, seq, reply));
+        let _ = acks.send(reply_msg(&shared, seq, range, reply));
         drop(held);
         drop(permit);
     });
     Ok(())
 }
 
-/// The answer to the frame numbered `seq`.
-fn reply_msg(shared: &Shared, seq: u64, reply: Result<Option<Vec<u32>>, StorageError>) -> Msg {
+/// The answer to the frame numbered `seq`, over `range` (offset, len) of
+/// the copy disk: a failure names the range, so production can say where
+/// the copy disk fails.
+fn reply_msg(
+    shared: &Shared,
+    seq: u64,
+    range: (u64, u64),
+    reply: Result<Option<Vec<u32>>, StorageError>,
+) -> Msg {
     let epoch = shared.cfg.epoch.load(Ordering::Acquire);
     match reply {
         Ok(None) => Msg::Ack { epoch, seq },
         Ok(Some(sums)) => Msg::Sums { epoch, seq, sums },
-        Err(e) => Msg::Nack {
-            epoch,
-            seq,
-            errno: e.errno(),
-        },
+        Err(e) => {
+            // A full disk fails every request in flight, on every retry:
+            // said at the 1st, 2nd, 4th, 8th ... failure, not each time.
+            let n = shared.stats.disk_failures.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(
+                    offset = range.0,
+                    len = range.1,
+                    failures = n,
+                    "the copy disk failed a request: {e}"
+                );
+            }
+            Msg::Nack {
+                epoch,
+                seq,
+                errno: e.errno(),
+                offset: range.0,
+                len: range.1,
+            }
+        }
     }
+}
+
+/// Changes the copy's label with `f` and makes it durable through the
+/// node's writer before it counts (unchanged, nothing is written).
+async fn update_label(shared: &Shared, f: impl FnOnce(&mut CopyLabel)) -> Result<(), StorageError> {
+    let mut label = shared.label.lock().await;
+    let mut next = *label;
+    f(&mut next);
+    if next == *label {
+        return Ok(());
+    }
+    if let Some(write) = shared.cfg.write_label.clone() {
+        let io = |source| StorageError::Io { offset: 0, source };
+        tokio::task::spawn_blocking(move || write(next))
+            .await
+            .map_err(|e| io(std::io::Error::other(format!("label writer: {e}"))))?
+            .map_err(io)?;
+    }
+    *label = next;
+    shared.generations.send_replace(next.generations);
+    Ok(())
+}
+
+/// A resync begins: the label says inconsistent, durably. A full sync
+/// overwrites everything, so the copy's generation no longer names its
+/// data: it is dropped, and an interrupted full sync starts over.
+async fn begin_resync(shared: &Shared, full: bool) -> Result<(), StorageError> {
+    update_label(shared, |l| {
+        l.consistent = false;
+        if full {
+            l.generations = Generations::default();
+        }
+    })
+    .await?;
+    tracing::info!(
+        full,
+        "resync begins: the copy disk is inconsistent until it ends"
+    );
+    Ok(())
 }
 
 fn write_bytes(req: &Request) -> Option<u64> {
@@ -243,15 +328,19 @@ async fn run(shared: &Shared, op: Op) -> Result<Option<Vec<u32>>, StorageError> 
         }
         Op::InSync { current } => {
             // Durable first: the generation must never claim data the
-            // disk could still lose.
+            // disk could still lose. Then the label, durable before the
+            // acknowledgement: production calls the copy UpToDate on it.
             storage::call(&*shared.disk, Request::Flush).await?;
-            shared.generations.send_modify(|g| {
+            update_label(shared, |l| {
+                let g = &mut l.generations;
                 if g.current != current {
                     g.history = [g.current, g.history[0]];
                     g.current = current;
                 }
                 g.bitmap = 0;
-            });
+                l.consistent = true;
+            })
+            .await?;
             Ok(None)
         }
         Op::Sums {

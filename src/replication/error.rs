@@ -51,9 +51,10 @@ pub enum ReplicationError {
     /// The generations say the copy holds newer data than production.
     #[error("refused: {0}")]
     GenerationRefused(String),
-    /// The copy host failed to apply a request (its errno).
-    #[error("copy host failed a request with errno {0}")]
-    Remote(i32),
+    /// The copy host failed to apply a request over `[offset, offset+len)`
+    /// of its disk (`len` 0: a request without a range) with `errno`.
+    #[error("copy host failed a request at offset {offset} (+{len} bytes) with {}", super::disk_failure::errno_name(*errno))]
+    Remote { errno: i32, offset: u64, len: u64 },
     /// The peer did not answer within the time allowed.
     #[error("timed out: {0}")]
     Timeout(&'static str),

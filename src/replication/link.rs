@@ -12,6 +12,7 @@ use std::time::Instant;
 use tokio::sync::{oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::dirty::{chunk_span, ChunkSet, DirtyLog};
+use super::disk_failure::{shown_state, DiskFailure};
 use super::error::ReplicationError;
 pub(crate) use super::op::Op;
 use super::primary::Primary;
@@ -32,6 +33,10 @@ pub enum LinkState {
     SplitBrain,
     /// The copy was refused (newer or unrelated data, too small, fenced).
     Refused,
+    /// The copy's disk failed a request (its errno and range are in the
+    /// link's `disk_failure`): retried with a longer backoff, shown until a
+    /// later session brings the copy UpToDate. Not a sync in progress.
+    DiskFailed,
     /// The link was stopped.
     Stopped,
 }
@@ -169,6 +174,8 @@ pub(crate) struct Inner {
     pub last_error: Option<String>,
     /// Enqueue time of the oldest request sent and not acknowledged.
     pub oldest_unacked: Option<Instant>,
+    /// The last failure of the copy's disk, until the copy is UpToDate again.
+    pub disk_failure: Option<DiskFailure>,
 }
 
 #[derive(Default)]
@@ -214,6 +221,7 @@ impl CopyLink {
                 resync_finished: None,
                 last_error: None,
                 oldest_unacked: None,
+                disk_failure: None,
             }),
             counters: Counters::default(),
             progress: Notify::new(),
@@ -230,7 +238,8 @@ impl CopyLink {
     }
 
     pub fn state(&self) -> LinkState {
-        self.lock().state
+        let g = self.lock();
+        shown_state(g.state, g.disk_failure.as_ref())
     }
 
     /// Chunk size of this link's dirty log.
@@ -483,6 +492,9 @@ impl CopyLink {
             return;
         }
         g.state = LinkState::UpToDate;
+        if let Some(f) = g.disk_failure.take() {
+            tracing::info!(copy = %self.cfg.name, "the copy disk accepts writes again (it failed with {})", f.describe());
+        }
         self.log.settled();
         let now = Instant::now();
         if let Some(started) = g.resync_started {

@@ -26,14 +26,15 @@
 //!
 //! For the node daemon: on the production host wrap the disk with
 //! [`MirroredVolume::new`] and add one [`CopyLink`] per copy host with its
-//! dirty bitmap; on a copy host run a [`Receiver`] and persist the
-//! generations it reports ([`Receiver::watch_generations`]). A link added
+//! dirty bitmap; on a copy host run a [`Receiver`] with a writer for the
+//! copy disk's label ([`ReceiverConfig::write_label`]). A link added
 //! while writes flow must be given a log that already covers them (a fresh
 //! copy is fully synced anyway).
 
 mod apply;
 pub mod auth;
 pub mod dirty;
+pub mod disk_failure;
 pub mod error;
 mod framed;
 pub mod generation;
@@ -52,10 +53,11 @@ pub mod verify;
 pub mod wire;
 
 pub use dirty::{ChunkSet, DirtyLog, MemDirtyLog};
+pub use disk_failure::{errno_name, DiskFailure};
 pub use error::ReplicationError;
 pub use generation::{decide, Generations, SyncPlan};
 pub use link::{CopyConfig, CopyLink, CopyStats, LinkState};
 pub use mirror::{MirroredVolume, VolumeConfig};
 pub use primary::Mode;
-pub use receiver::{Receiver, ReceiverConfig, ReceiverStats};
+pub use receiver::{CopyLabel, LabelWriter, Receiver, ReceiverConfig, ReceiverStats};
 pub use verify::{verify, VerifyReport};

@@ -23,6 +23,10 @@ pub(crate) enum Op {
         punch: bool,
     },
     Flush,
+    /// A resync begins; `full` when every chunk is sent.
+    ResyncBegin {
+        full: bool,
+    },
     InSync {
         current: u64,
     },
@@ -80,6 +84,14 @@ impl Op {
                 None,
             ),
             Op::Flush => (Msg::Flush { epoch, seq }, None),
+            Op::ResyncBegin { full } => (
+                Msg::ResyncBegin {
+                    epoch,
+                    seq,
+                    full: *full,
+                },
+                None,
+            ),
             Op::InSync { current } => (
                 Msg::InSync {
                     epoch,

@@ -20,6 +20,49 @@ use super::order::OverlapGate;
 use super::wire::Msg;
 use crate::storage::BlockDevice;
 
+/// What the copy disk's label says about its data: the part a receiver
+/// changes (the node owns the rest of the label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopyLabel {
+    pub generations: Generations,
+    /// The data area is a complete image of `generations.current`: false
+    /// from the first request of a resync until its end is durable.
+    pub consistent: bool,
+}
+
+impl CopyLabel {
+    /// The generations to report to a production host at `production`.
+    ///
+    /// A consistent copy reports its own. An inconsistent one holds no
+    /// image of any moment: it reports its generation only when production
+    /// knows it, which is an interrupted partial resync. Production then
+    /// still has every chunk of that resync dirty (it clears a chunk only
+    /// once this copy acknowledged it), so `decide` resumes it as a partial
+    /// sync when the generation is still production's current or bitmap
+    /// one, and asks for a full sync when it has moved to history. Any
+    /// other inconsistent copy (a fresh disk, whose random generation
+    /// nobody knows, or an interrupted full sync, whose label holds none)
+    /// reports no generation: `decide` gives it a full sync.
+    pub fn reported_to(&self, production: &Generations) -> Generations {
+        let c = self.generations.current;
+        let known = c != 0
+            && (c == production.current
+                || c == production.bitmap
+                || production.history.contains(&c));
+        if self.consistent || known {
+            self.generations
+        } else {
+            Generations::default()
+        }
+    }
+}
+
+/// Writes the copy disk's label durably (the node supplies it: the
+/// receiver has only the data area). Run on the blocking pool; the
+/// receiver acknowledges the request that changed the label only after it
+/// returned `Ok`.
+pub type LabelWriter = Arc<dyn Fn(CopyLabel) -> std::io::Result<()> + Send + Sync>;
+
 /// How the copy host serves its disk.
 #[derive(Clone)]
 pub struct ReceiverConfig {
@@ -30,6 +73,11 @@ pub struct ReceiverConfig {
     pub epoch: Arc<AtomicU64>,
     /// Generations of the copy disk (from its label).
     pub generations: Generations,
+    /// Whether the label says the data area is a complete image.
+    pub consistent: bool,
+    /// Persists label changes (resync begun, resync done); without one
+    /// they are kept in memory only.
+    pub write_label: Option<LabelWriter>,
     /// Time allowed for the handshake.
     pub handshake_timeout_ms: u64,
     /// Requests applied concurrently per session (back-pressure beyond).
@@ -41,11 +89,14 @@ pub struct ReceiverConfig {
 }
 
 impl ReceiverConfig {
+    /// A copy at `generations`, consistent when it has one (current != 0).
     pub fn new(secret: &[u8], epoch: u64, generations: Generations) -> ReceiverConfig {
         ReceiverConfig {
             secret: secret.to_vec(),
             epoch: Arc::new(AtomicU64::new(epoch)),
             generations,
+            consistent: generations.current != 0,
+            write_label: None,
             handshake_timeout_ms: 5_000,
             inflight_ops_max: 1024,
             inflight_bytes_max: 128 << 20,
@@ -65,6 +116,8 @@ pub struct ReceiverStats {
     pub writes_applied: AtomicU64,
     /// Page bytes written to the copy disk.
     pub bytes_written: AtomicU64,
+    /// Requests the copy disk failed (each answered with a Nack).
+    pub disk_failures: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 
@@ -79,8 +132,10 @@ pub(super) struct Shared {
     pub disk: Arc<dyn BlockDevice>,
     pub cfg: ReceiverConfig,
     pub stats: Arc<ReceiverStats>,
-    /// The copy disk's generations, updated when a resync completes; the
-    /// node daemon watches this to write them to the disk label.
+    /// The copy's label as last made durable; held while it is rewritten,
+    /// so changes land in order.
+    pub label: tokio::sync::Mutex<CopyLabel>,
+    /// The generations of `label`, readable without waiting.
     pub generations: watch::Sender<Generations>,
     /// Held by the serving session: a newer session waits until the old
     /// one has finished every disk write, so no stale write lands late.
@@ -172,6 +227,10 @@ impl Receiver {
         let (stop, stop_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             disk,
+            label: tokio::sync::Mutex::new(CopyLabel {
+                generations: cfg.generations,
+                consistent: cfg.consistent,
+            }),
             generations: watch::channel(cfg.generations).0,
             conns: Arc::new(Semaphore::new(cfg.connections_max.max(1))),
             cfg,
@@ -203,9 +262,9 @@ impl Receiver {
         *self.shared.generations.borrow()
     }
 
-    /// Follow the copy disk's generations (to persist them in its label).
-    pub fn watch_generations(&self) -> watch::Receiver<Generations> {
-        self.shared.generations.subscribe()
+    /// The copy's label as the receiver last made it durable.
+    pub async fn label(&self) -> CopyLabel {
+        *self.shared.label.lock().await
     }
 
     /// The epoch this receiver knows (shared with the group engine).
@@ -291,7 +350,13 @@ async fn serve(
                 "end of stream during handshake",
             ));
         };
-        let Msg::Auth { epoch, nonce, mac } = msg else {
+        let Msg::Auth {
+            epoch,
+            nonce,
+            mac,
+            generations: production,
+        } = msg
+        else {
             return Err(ReplicationError::Unexpected("expected Auth"));
         };
         if nonce == ours {
@@ -302,11 +367,12 @@ async fn serve(
         if epoch < known {
             return Err(ReplicationError::StaleEpoch { got: epoch, known });
         }
-        Ok((nonce, known))
+        Ok((nonce, known, production))
     };
-    let (theirs, known) = tokio::time::timeout(Duration::from_millis(cfg.handshake_timeout_ms), hs)
-        .await
-        .map_err(|_| ReplicationError::Timeout("handshake"))??;
+    let (theirs, known, production) =
+        tokio::time::timeout(Duration::from_millis(cfg.handshake_timeout_ms), hs)
+            .await
+            .map_err(|_| ReplicationError::Timeout("handshake"))??;
 
     // Take over from an older session once it has drained its writes.
     let (my_stop, mut my_stop_rx) = watch::channel(false);
@@ -321,10 +387,24 @@ async fn serve(
     let _apply = shared.apply.lock().await;
     shared.stats.sessions.fetch_add(1, Ordering::Relaxed);
 
+    let label = *shared.label.lock().await;
+    let generations = label.reported_to(&production);
+    if !label.consistent {
+        tracing::info!(
+            label = %label.generations,
+            reported = %generations,
+            "the copy disk is inconsistent (a resync was under way): {}",
+            if generations.current == 0 {
+                "it gets a full sync"
+            } else {
+                "production decides whether it resumes"
+            }
+        );
+    }
     let welcome = Msg::Welcome {
         epoch: known,
         mac: auth::mac(&cfg.secret, Role::Copy, &theirs, &ours, known),
-        generations: *shared.generations.borrow(),
+        generations,
         size: shared.disk.size(),
     };
     write_frame(&mut writer, &mut scratch, &welcome, &[]).await?;

@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::auth::{self, Role};
+use super::disk_failure::{is_disk_failure, DiskRetry};
 use super::error::ReplicationError;
 use super::framed::{write_frame, FrameReader};
 use super::generation::{decide, Generations, SyncPlan};
@@ -30,10 +31,13 @@ const WATCHDOG_MS: u64 = 200;
 /// link sends none.
 const FLUSH_PERIOD_MS: u64 = 1_000;
 
-/// Drive `link` until it is stopped or refused.
+/// Drive `link` until it is stopped or refused. A copy whose disk failed
+/// a request is retried on a backoff of its own (see `disk_failure.rs`);
+/// any other failure reconnects on the link's short network backoff.
 pub(crate) async fn run_link(link: Arc<CopyLink>) {
     let mut stop = link.stop.subscribe();
     let mut backoff_ms = link.cfg.reconnect_backoff_ms_min;
+    let mut disk_retry = DiskRetry::default();
     let mut failed_attempts = 0u32;
     loop {
         if *stop.borrow() {
@@ -47,20 +51,54 @@ pub(crate) async fn run_link(link: Arc<CopyLink>) {
         } else {
             failed_attempts = 0;
         }
-        if let Err(e) = result {
-            tracing::warn!(copy = %link.cfg.name, "replication link: {e}");
-            link.set_error(&e);
-            let terminal = match e {
-                ReplicationError::SplitBrain { .. } => Some(LinkState::SplitBrain),
-                ReplicationError::GenerationRefused(_)
-                | ReplicationError::CopyTooSmall { .. }
-                | ReplicationError::Fenced { .. } => Some(LinkState::Refused),
-                _ => None,
-            };
-            if let Some(state) = terminal {
-                link.lock().state = state;
-                return;
+        if link.lock().disk_failure.is_none() {
+            disk_retry.reset();
+        }
+        let mut pause = None;
+        match result {
+            Err(ReplicationError::Remote { errno, offset, len }) if is_disk_failure(errno) => {
+                let e = ReplicationError::Remote { errno, offset, len };
+                link.set_error(&e);
+                let news = link.disk_failed(errno, offset, len);
+                let wait = disk_retry.next_pause();
+                let f = link.disk_failure().expect("just recorded");
+                if news {
+                    tracing::error!(
+                        copy = %link.cfg.name,
+                        "the copy disk fails writes with {}: the copy is not \
+                         updated (production keeps every write marked for it); \
+                         retrying in {} s, then less and less often",
+                        f.describe(),
+                        wait.as_secs()
+                    );
+                } else {
+                    tracing::warn!(
+                        copy = %link.cfg.name,
+                        "the copy disk still fails writes with {} ({} failed retries \
+                         since it first failed); next retry in {} s",
+                        f.describe(),
+                        f.failures - 1,
+                        wait.as_secs()
+                    );
+                }
+                pause = Some(wait);
             }
+            Err(e) => {
+                tracing::warn!(copy = %link.cfg.name, "replication link: {e}");
+                link.set_error(&e);
+                let terminal = match e {
+                    ReplicationError::SplitBrain { .. } => Some(LinkState::SplitBrain),
+                    ReplicationError::GenerationRefused(_)
+                    | ReplicationError::CopyTooSmall { .. }
+                    | ReplicationError::Fenced { .. } => Some(LinkState::Refused),
+                    _ => None,
+                };
+                if let Some(state) = terminal {
+                    link.lock().state = state;
+                    return;
+                }
+            }
+            Ok(()) => {}
         }
         if *stop.borrow() {
             break;
@@ -78,8 +116,9 @@ pub(crate) async fn run_link(link: Arc<CopyLink>) {
         if started.elapsed() > Duration::from_secs(1) {
             backoff_ms = link.cfg.reconnect_backoff_ms_min;
         }
+        let pause = pause.unwrap_or(Duration::from_millis(backoff_ms));
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(backoff_ms)) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = stop.changed() => break,
         }
         backoff_ms = (backoff_ms * 2).min(link.cfg.reconnect_backoff_ms_max);
@@ -123,6 +162,7 @@ async fn handshake(link: &CopyLink) -> Result<Conn, ReplicationError> {
             epoch,
             nonce: ours,
             mac: auth::mac(secret, Role::Production, &theirs, &ours, epoch),
+            generations: link.primary.generations,
         };
         let mut scratch = Vec::new();
         write_frame(&mut writer, &mut scratch, &msg, &[]).await?;
@@ -167,7 +207,9 @@ async fn session(
         });
     }
     let log_empty = link.log.dirty_chunks().is_empty();
-    match decide(&link.primary.generations, &generations, log_empty) {
+    let plan = decide(&link.primary.generations, &generations, log_empty);
+    let full = plan == SyncPlan::Full;
+    match plan {
         SyncPlan::SplitBrain => {
             return Err(ReplicationError::SplitBrain {
                 production: link.primary.generations.to_string(),
@@ -180,13 +222,28 @@ async fn session(
     }
 
     let sess = Arc::new(SessionTx::new(writer.into_inner()));
-    {
+    // A session with chunks to resync first sends ResyncBegin, queued
+    // while nobody else can see the session: the copy marks its label
+    // inconsistent before any resync or mirrored write reaches its disk.
+    // Queued outside the link's lock (queueing may take it); a chunk marked
+    // in between is seen by the next pass, which then sends it.
+    let mut begun = false;
+    loop {
+        if !begun && !link.log.dirty_chunks().is_empty() {
+            let room = link.reserve(&Op::ResyncBegin { full }).await;
+            drop(link.send(&sess, Op::ResyncBegin { full }, None, None, room));
+            begun = true;
+        }
         // Publishing the session and snapshotting the dirty chunks under
         // one lock: a write marked before this is in the snapshot, a write
         // prepared after it is sent on this session.
         let mut g = link.lock();
+        let pending = link.log.dirty_chunks();
+        if !begun && !pending.is_empty() {
+            continue;
+        }
         g.session = Some(sess.clone());
-        g.pending_resync = link.log.dirty_chunks();
+        g.pending_resync = pending;
         g.resync_bytes_total = g.pending_resync.len() * link.log.chunk_bytes();
         g.resync_started = (!g.pending_resync.is_empty()).then(Instant::now);
         g.state = if g.pending_resync.is_empty() {
@@ -196,6 +253,7 @@ async fn session(
             LinkState::Inconsistent
         };
         link.counters.sessions.fetch_add(1, Ordering::Relaxed);
+        break;
     }
     tracing::info!(copy = %link.cfg.name, "replication link up");
 
@@ -262,9 +320,15 @@ async fn read_loop(
         let (seq, result) = match msg {
             Msg::Ack { epoch, seq } => (epoch_ok(ours, epoch).map(|_| seq)?, Ok(None)),
             Msg::Sums { epoch, seq, sums } => (epoch_ok(ours, epoch).map(|_| seq)?, Ok(Some(sums))),
-            Msg::Nack { epoch, seq, errno } => (
+            Msg::Nack {
+                epoch,
+                seq,
+                errno,
+                offset,
+                len,
+            } => (
                 epoch_ok(ours, epoch).map(|_| seq)?,
-                Err(ReplicationError::Remote(errno)),
+                Err(ReplicationError::Remote { errno, offset, len }),
             ),
             _ => {
                 return Err(ReplicationError::Unexpected(
@@ -280,13 +344,13 @@ async fn read_loop(
                 "ack for an unknown sequence number",
             ))?;
         let failed = result.as_ref().err().map(|e| match e {
-            ReplicationError::Remote(n) => *n,
-            _ => libc::EIO,
+            ReplicationError::Remote { errno, offset, len } => (*errno, *offset, *len),
+            _ => (libc::EIO, 0, 0),
         });
         link.complete(item, result);
-        if let Some(errno) = failed {
+        if let Some((errno, offset, len)) = failed {
             // The copy could not apply it: drop the link, resync later.
-            return Err(ReplicationError::Remote(errno));
+            return Err(ReplicationError::Remote { errno, offset, len });
         }
     }
 }

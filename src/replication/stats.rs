@@ -3,6 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
+use super::disk_failure::{shown_state, DiskFailure};
 use super::link::{CopyLink, LinkState};
 
 /// A snapshot of a link's counters.
@@ -29,6 +30,8 @@ pub struct CopyStats {
     /// Sessions established so far.
     pub sessions: u64,
     pub last_error: Option<String>,
+    /// The failure of the copy's disk while the state is `DiskFailed`.
+    pub disk_failure: Option<DiskFailure>,
 }
 
 impl CopyLink {
@@ -48,9 +51,10 @@ impl CopyLink {
             }
             None => 0.0,
         };
+        let state = shown_state(g.state, g.disk_failure.as_ref());
         CopyStats {
             name: self.cfg.name.clone(),
-            state: g.state,
+            state,
             bytes_sent: self.counters.bytes_sent.load(Ordering::Relaxed),
             bytes_acked: self.counters.bytes_acked.load(Ordering::Relaxed),
             lag_bytes: self.counters.lag_bytes.load(Ordering::Relaxed),
@@ -62,6 +66,10 @@ impl CopyLink {
             resync_eta_s: (rate > 0.0 && to_go > 0).then(|| to_go as f64 / rate),
             sessions: self.counters.sessions.load(Ordering::Relaxed),
             last_error: g.last_error.clone(),
+            disk_failure: g
+                .disk_failure
+                .clone()
+                .filter(|_| state == LinkState::DiskFailed),
         }
     }
 }

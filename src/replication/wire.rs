@@ -38,11 +38,15 @@ pub enum Msg {
     /// Copy → production, first message: a fresh random challenge.
     Challenge { nonce: [u8; 32] },
     /// Production → copy: proof of the secret over the copy's challenge and
-    /// our own fresh challenge for the copy.
+    /// our own fresh challenge for the copy, and production's generations:
+    /// a copy whose label is inconsistent reports its own generation only
+    /// when production knows it (an interrupted partial resync, resumed),
+    /// and none otherwise (a fresh disk or an interrupted full sync).
     Auth {
         epoch: u64,
         nonce: [u8; 32],
         mac: [u8; 32],
+        generations: Generations,
     },
     /// Copy → production: proof of the secret over our challenge, the epoch
     /// it knows, its generations and its disk size.
@@ -73,6 +77,13 @@ pub enum Msg {
     },
     /// Make every earlier write durable (a barrier for the earlier ones).
     Flush { epoch: u64, seq: u64 },
+    /// A resync begins (the first request of a session that has chunks to
+    /// resync): the copy durably marks its label inconsistent before it
+    /// acknowledges and before it applies any later request, since resync
+    /// writes land out of write order and the disk is no image of any
+    /// moment until the resync ends (`InSync`). `full`: every chunk is
+    /// sent, so the copy's own generation no longer describes its data.
+    ResyncBegin { epoch: u64, seq: u64, full: bool },
     /// Ask for the crc32 of `count` chunks of `chunk_bytes` from `offset`.
     SumsRequest {
         epoch: u64,
@@ -83,7 +94,8 @@ pub enum Msg {
     },
     /// The copy now holds all of production's data of generation
     /// `current` (sent once a resync is complete): the copy makes earlier
-    /// writes durable, then adopts the generation.
+    /// writes durable, then adopts the generation and marks its label
+    /// consistent, durably, before it acknowledges.
     InSync { epoch: u64, seq: u64, current: u64 },
     /// Copy → production: request `seq` is applied (durably when asked).
     Ack { epoch: u64, seq: u64 },
@@ -93,8 +105,16 @@ pub enum Msg {
         seq: u64,
         sums: Vec<u32>,
     },
-    /// Copy → production: request `seq` failed with `errno`.
-    Nack { epoch: u64, seq: u64, errno: i32 },
+    /// Copy → production: request `seq`, over `[offset, offset+len)` of
+    /// the copy disk (`len` 0 for a request without a range: a flush, a
+    /// label update), failed with `errno`.
+    Nack {
+        epoch: u64,
+        seq: u64,
+        errno: i32,
+        offset: u64,
+        len: u64,
+    },
 }
 
 impl Msg {
@@ -107,6 +127,7 @@ impl Msg {
             | Msg::Write { epoch, .. }
             | Msg::Zero { epoch, .. }
             | Msg::Flush { epoch, .. }
+            | Msg::ResyncBegin { epoch, .. }
             | Msg::SumsRequest { epoch, .. }
             | Msg::InSync { epoch, .. }
             | Msg::Ack { epoch, .. }

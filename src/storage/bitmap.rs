@@ -11,6 +11,12 @@
 //!
 //! Block format: crc32 of bytes 4..4096 (4) | block index (4) | bits, LSB
 //! first (chunk `i` is bit `i % 8` of byte `i / 8` of the payload).
+//!
+//! Blocks are rewritten in place, so a power cut can tear one. A block that
+//! fails its crc or carries another index is read as all dirty for the
+//! chunks it covers (a dirty chunk costs a resend, a clean one that differs
+//! costs data), and [`DirtyBitmap::load`] writes it back that way: the disk
+//! stays usable and the damage is reported once.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -27,6 +33,8 @@ pub struct DirtyBitmap {
     file: Arc<File>,
     layout: MetaLayout,
     inner: Mutex<Inner>,
+    /// Blocks that failed their check when the bitmap was read.
+    damaged: Vec<DamagedBlock>,
 }
 
 struct Inner {
@@ -77,31 +85,98 @@ pub(crate) fn write_empty(file: &File, layout: &MetaLayout) -> Result<(), LabelE
     file.sync_data().map_err(LabelError::io("fdatasync bitmap"))
 }
 
+/// A bitmap block that failed its check when the bitmap was read: its
+/// chunks are taken as dirty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamagedBlock {
+    /// Index of the block in the bitmap.
+    pub index: u64,
+    /// Where the block sits on the disk.
+    pub disk_offset: u64,
+    /// Why it was refused (crc mismatch, wrong index).
+    pub why: String,
+    /// The part of the data area its chunks cover, as (offset, len);
+    /// `len` is 0 for a block past the end of the data area.
+    pub data_range: (u64, u64),
+}
+
+impl std::fmt::Display for DamagedBlock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (off, len) = self.data_range;
+        write!(
+            f,
+            "bitmap block {} at offset {} is damaged ({}): data bytes {}..{} are taken as dirty \
+             and will be resynced",
+            self.index,
+            self.disk_offset,
+            self.why,
+            off,
+            off + len
+        )
+    }
+}
+
+/// Why block `b` read into `raw` cannot be trusted, if it cannot.
+fn check_block(b: u64, raw: &[u8]) -> Option<String> {
+    let stored = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
+    let computed = crc32fast::hash(&raw[4..]);
+    if stored != computed {
+        return Some(format!(
+            "crc mismatch: stored {stored:08x}, computed {computed:08x}"
+        ));
+    }
+    let index = u32::from_le_bytes([raw[4], raw[5], raw[6], raw[7]]);
+    (u64::from(index) != b).then(|| format!("carries the index of block {index}"))
+}
+
 impl DirtyBitmap {
-    /// Reads the bitmap of a disk with `layout`; a block whose crc or index
-    /// does not match is reported as `Corrupt`, naming the block.
+    /// Reads the bitmap of a disk with `layout`. A damaged block (bad crc
+    /// or index, e.g. torn by a power cut while it was rewritten) is read
+    /// as all dirty, logged once, and written back that way (fdatasynced),
+    /// so the next load finds it whole: a disk is never unusable for its
+    /// bitmap, and no chunk it may have marked is lost.
     pub fn load(file: Arc<File>, layout: MetaLayout) -> Result<DirtyBitmap, LabelError> {
+        let bm = DirtyBitmap::inspect(file, layout)?;
+        if bm.damaged.is_empty() {
+            return Ok(bm);
+        }
+        for d in &bm.damaged {
+            tracing::warn!("{d}; the block is rewritten");
+        }
+        let blocks: BTreeSet<u64> = bm.damaged.iter().map(|d| d.index).collect();
+        bm.persist(&bm.lock(), &blocks)?;
+        Ok(bm)
+    }
+
+    /// Reads the bitmap without writing anything (for tools that only
+    /// look): damaged blocks are read as all dirty and listed by
+    /// [`damaged`](Self::damaged), not repaired.
+    pub fn inspect(file: Arc<File>, layout: MetaLayout) -> Result<DirtyBitmap, LabelError> {
         let mut bits = vec![0u8; layout.bitmap_blocks as usize * PAYLOAD_BYTES];
         let mut raw = vec![0u8; BLOCK_BYTES as usize];
+        let mut damaged = Vec::new();
         for b in 0..layout.bitmap_blocks {
             let off = layout.bitmap_offset + b * BLOCK_BYTES;
             file.read_exact_at(&mut raw, off)
                 .map_err(LabelError::io(format!("read bitmap block {b}")))?;
-            let stored = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
-            let computed = crc32fast::hash(&raw[4..]);
-            if stored != computed {
-                return Err(LabelError::Corrupt(format!(
-                    "bitmap block {b} at offset {off}: crc mismatch (stored {stored:08x}, computed {computed:08x})"
-                )));
-            }
-            let index = u32::from_le_bytes([raw[4], raw[5], raw[6], raw[7]]);
-            if u64::from(index) != b {
-                return Err(LabelError::Corrupt(format!(
-                    "bitmap block {b} carries index {index}"
-                )));
-            }
             let at = b as usize * PAYLOAD_BYTES;
-            bits[at..at + PAYLOAD_BYTES].copy_from_slice(&raw[BITMAP_HEADER_BYTES..]);
+            let payload = &mut bits[at..at + PAYLOAD_BYTES];
+            match check_block(b, &raw) {
+                None => payload.copy_from_slice(&raw[BITMAP_HEADER_BYTES..]),
+                Some(why) => {
+                    // Bits past the data area are cleared below.
+                    payload.fill(0xff);
+                    let c = layout.bitmap_chunk_bytes;
+                    let start = (b * BITS_PER_BLOCK * c).min(layout.data_bytes);
+                    let end = ((b + 1) * BITS_PER_BLOCK * c).min(layout.data_bytes);
+                    damaged.push(DamagedBlock {
+                        index: b,
+                        disk_offset: off,
+                        why,
+                        data_range: (start, end - start),
+                    });
+                }
+            }
         }
         // Bits past the data area are ignored, whatever they hold.
         let used = layout.bitmap_bits();
@@ -110,15 +185,23 @@ impl DirtyBitmap {
             dirty_chunks: 0,
             unflushed: BTreeSet::new(),
         };
+        // Cleared bit by bit without counting: nothing is counted yet.
         for c in used..layout.bitmap_blocks * BITS_PER_BLOCK {
-            inner.set(c, false);
+            inner.bits[(c / 8) as usize] &= !(1u8 << (c % 8));
         }
         inner.dirty_chunks = (0..used).filter(|&c| inner.get(c)).count() as u64;
         Ok(DirtyBitmap {
             file,
             layout,
             inner: Mutex::new(inner),
+            damaged,
         })
+    }
+
+    /// The blocks found damaged when this bitmap was read (repaired by
+    /// [`load`](Self::load), only reported by [`inspect`](Self::inspect)).
+    pub fn damaged(&self) -> &[DamagedBlock] {
+        &self.damaged
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -373,6 +456,68 @@ mod tests {
             prop_assert_eq!(again.dirty_ranges().collect::<Vec<_>>(), model_ranges(&model, data));
             prop_assert_eq!(again.dirty_chunks(), model.iter().filter(|d| **d).count() as u64);
         }
+    }
+
+    /// Block `b` as it is on the disk.
+    fn raw_block(file: &File, layout: &MetaLayout, b: u64) -> Vec<u8> {
+        let mut raw = vec![0u8; BLOCK_BYTES as usize];
+        file.read_exact_at(&mut raw, layout.bitmap_offset + b * BLOCK_BYTES)
+            .expect("read block");
+        raw
+    }
+
+    #[test]
+    fn a_torn_block_reads_as_dirty_for_its_range_and_is_rewritten_once() {
+        let (_tmp, file, layout) = fresh();
+        let per_block = BITS_PER_BLOCK * CHUNK;
+        let far = 2 * per_block + 7 * CHUNK;
+        let bm = DirtyBitmap::load(file.clone(), layout).expect("load");
+        bm.mark(5 * CHUNK, CHUNK).expect("mark in block 0");
+        bm.mark(far, CHUNK).expect("mark in block 2");
+        drop(bm);
+        // A rewrite of block 1 cut short: half new bytes, the old crc.
+        file.write_all_at(&[0x5a; 2048], layout.bitmap_offset + BLOCK_BYTES + 100)
+            .expect("tear block 1");
+
+        // Looking does not write: the block stays damaged on the disk.
+        let looked = DirtyBitmap::inspect(file.clone(), layout).expect("inspect");
+        assert_eq!(looked.damaged().len(), 1);
+        assert!(check_block(1, &raw_block(&file, &layout, 1)).is_some());
+        drop(looked);
+
+        let bm = DirtyBitmap::load(file.clone(), layout).expect("a torn block is no failure");
+        let d = bm.damaged();
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!((d[0].index, d[0].data_range), (1, (per_block, per_block)));
+        assert!(d[0].why.contains("crc mismatch"), "{}", d[0].why);
+        assert!(d[0].to_string().contains("resynced"), "{}", d[0]);
+        let expected = vec![(5 * CHUNK, CHUNK), (per_block, per_block), (far, CHUNK)];
+        assert_eq!(bm.dirty_ranges().collect::<Vec<_>>(), expected);
+        assert_eq!(bm.dirty_chunks(), 2 + BITS_PER_BLOCK);
+        drop(bm);
+
+        // Written back whole: the next load has nothing to report.
+        let again = DirtyBitmap::load(file, layout).expect("reload");
+        assert!(again.damaged().is_empty(), "{:?}", again.damaged());
+        assert_eq!(again.dirty_ranges().collect::<Vec<_>>(), expected);
+    }
+
+    #[test]
+    fn a_block_carrying_another_index_is_damaged_and_the_last_block_is_clipped() {
+        let (_tmp, file, layout) = fresh();
+        let last = layout.bitmap_blocks - 1;
+        // A block written to the wrong place: whole, but not this one.
+        let stray = raw_block(&file, &layout, 0);
+        file.write_all_at(&stray, layout.bitmap_offset + last * BLOCK_BYTES)
+            .expect("misplace block 0");
+        let bm = DirtyBitmap::load(file, layout).expect("load");
+        let d = bm.damaged();
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(d[0].why.contains("index of block 0"), "{}", d[0].why);
+        // Only chunks inside the data area turn dirty.
+        let start = last * BITS_PER_BLOCK * CHUNK;
+        assert_eq!(d[0].data_range, (start, layout.data_bytes - start));
+        assert_eq!(bm.dirty_bytes(), layout.data_bytes - start);
     }
 
     #[test]

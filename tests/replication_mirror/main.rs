@@ -6,10 +6,12 @@
 mod common;
 
 mod bursts;
+mod disk_failure;
 mod faults;
 mod full_sync;
 mod harness;
 mod inline;
+mod label;
 mod lending;
 mod outage;
 mod power;

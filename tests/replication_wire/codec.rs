@@ -17,7 +17,12 @@ fn arb_msg() -> impl Strategy<Value = Msg> {
         });
     prop_oneof![
         n.prop_map(|nonce| Msg::Challenge { nonce }),
-        (any::<u64>(), n, n).prop_map(|(epoch, nonce, mac)| Msg::Auth { epoch, nonce, mac }),
+        (any::<u64>(), n, n, g.clone()).prop_map(|(epoch, nonce, mac, generations)| Msg::Auth {
+            epoch,
+            nonce,
+            mac,
+            generations
+        }),
         (any::<u64>(), n, g, any::<u64>()).prop_map(|(epoch, mac, generations, size)| {
             Msg::Welcome {
                 epoch,
@@ -43,6 +48,8 @@ fn arb_msg() -> impl Strategy<Value = Msg> {
                 punch
             }),
         (any::<u64>(), any::<u64>()).prop_map(|(epoch, seq)| Msg::Flush { epoch, seq }),
+        (any::<u64>(), any::<u64>(), any::<bool>())
+            .prop_map(|(epoch, seq, full)| Msg::ResyncBegin { epoch, seq, full }),
         (
             any::<u64>(),
             any::<u64>(),
@@ -71,11 +78,20 @@ fn arb_msg() -> impl Strategy<Value = Msg> {
             proptest::collection::vec(any::<u32>(), 0..100)
         )
             .prop_map(|(epoch, seq, sums)| Msg::Sums { epoch, seq, sums }),
-        (any::<u64>(), any::<u64>(), any::<i32>()).prop_map(|(epoch, seq, errno)| Msg::Nack {
-            epoch,
-            seq,
-            errno
-        }),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<i32>(),
+            any::<u64>(),
+            any::<u64>()
+        )
+            .prop_map(|(epoch, seq, errno, offset, len)| Msg::Nack {
+                epoch,
+                seq,
+                errno,
+                offset,
+                len
+            }),
     ]
 }
 

@@ -96,6 +96,7 @@ impl Raw {
                 epoch,
                 nonce: ours,
                 mac,
+                generations: Generations::default(),
             },
             &[],
         )
@@ -165,6 +166,7 @@ async fn wrong_secret_is_refused() {
             epoch: 5,
             nonce: ours,
             mac,
+            generations: Generations::default(),
         },
         &[],
     )
@@ -188,6 +190,7 @@ async fn reflected_challenge_is_refused() {
             epoch: 5,
             nonce: theirs,
             mac,
+            generations: Generations::default(),
         },
         &[],
     )
@@ -209,6 +212,7 @@ async fn stale_epoch_is_refused_at_login_and_on_writes() {
             epoch: 4,
             nonce: ours,
             mac,
+            generations: Generations::default(),
         },
         &[],
     )
