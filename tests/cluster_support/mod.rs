@@ -15,12 +15,15 @@ use crate::common::{self, Proc};
 mod checks;
 mod metrics;
 mod mounts;
+mod netns;
 mod spec;
 
 pub use checks::*;
 // Each test binary uses its own part of these.
 #[allow(unused_imports)]
 pub use mounts::Mounts;
+#[allow(unused_imports)]
+pub use netns::Netns;
 #[allow(unused_imports)]
 pub use spec::{MemberSpec, SiteSpec, Spec};
 
@@ -124,7 +127,8 @@ impl Cluster {
                 let _ = writeln!(t, "metrics = \"{metrics}\"");
             }
             if let Some(site) = m.site {
-                let _ = writeln!(t, "disks = [\"{}\"]", self.disk(site).display());
+                let disk = m.disk.clone().unwrap_or_else(|| self.disk(site));
+                let _ = writeln!(t, "disks = [\"{}\"]", disk.display());
                 if site == 0 {
                     let _ = writeln!(t, "nbd = \"unix:{}\"", self.nbd_socket(&m.name).display());
                 }

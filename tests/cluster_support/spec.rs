@@ -20,6 +20,9 @@ pub struct MemberSpec {
     pub address: String,
     /// Prometheus endpoint, `HOST:PORT` (none unless a test asks for one).
     pub metrics: Option<String>,
+    /// A disk file of its own in place of its site's one (a byte copy
+    /// standing for a disk shared across hosts, which no local lock guards).
+    pub disk: Option<std::path::PathBuf>,
 }
 
 /// The shape of a group to build.
@@ -55,6 +58,7 @@ impl Spec {
                     site: *s,
                     address: format!("127.0.0.1:{}", common::free_port()),
                     metrics: None,
+                    disk: None,
                 })
                 .collect(),
         }
