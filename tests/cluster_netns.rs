@@ -87,7 +87,7 @@ fn production_host_cut_off_rejoins_and_its_copy_ends_identical() {
         member_state(s, "a1") == "failed"
     });
     // The isolated host's clients still reach it over its unix socket, but
-    // once its grace without quorum is over it refuses their writes.
+    // once its lease runs out it refuses their writes.
     common::wait_until("a1 fences writes", cluster_support::SETTLE, || {
         cluster_support::nbd_try_write(&c.nbd_uri("a1")).as_deref() == Some("EIO")
     });

@@ -24,23 +24,18 @@ pub struct Args {
     /// `uring-direct` or `plain` (pread/pwrite).
     #[arg(long, default_value = "uring")]
     pub engine: EngineKind,
-    /// A member silent for this long is declared failed by the leader.
-    #[arg(long, default_value_t = 3000)]
-    pub fail_timeout_ms: u64,
-    /// Quorum fence: once the group has had no quorum (no majority of its
-    /// voters reachable) for longer than this, the production host answers
-    /// writes with EIO until quorum is back. Keep it above two election
-    /// timeouts (2000 ms), so an ordinary election never fences writes.
-    #[arg(long, default_value_t = crate::node::fence::NO_QUORUM_GRACE_MS,
-          value_parser = clap::value_parser!(u64).range(GRACE_MIN_MS..=GRACE_MAX_MS))]
-    pub no_quorum_grace_ms: u64,
+    /// A member silent for this long is declared failed by the leader, in
+    /// place of `fail_timeout_ms` in the recovery domain (which every
+    /// member shares: prefer it). At least the domain's `lease_ms` plus
+    /// 500 ms, or the member refuses to start.
+    #[arg(long)]
+    pub fail_timeout_ms: Option<u64>,
+    /// No longer used: the production host acknowledges writes under a
+    /// lease renewed by a majority (`lease_ms` in the recovery domain).
+    /// Accepted so that existing command lines still start.
+    #[arg(long, hide = true)]
+    pub no_quorum_grace_ms: Option<u64>,
 }
-
-/// Bounds of `--no-quorum-grace-ms`: below one election timeout an ordinary
-/// election would fence writes; past an hour a cut-off host would keep
-/// acknowledging writes the group may already have moved past.
-const GRACE_MIN_MS: u64 = 1_000;
-const GRACE_MAX_MS: u64 = 3_600_000;
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let state_dir = match args.state_dir {
@@ -53,13 +48,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .join(&args.member)
         }
     };
+    if args.no_quorum_grace_ms.is_some() {
+        tracing::warn!(
+            "--no-quorum-grace-ms is ignored: writes stop when the production host's lease \
+             (lease_ms in the recovery domain) runs out"
+        );
+    }
     let opts = NodeOptions {
         config: args.config,
         member: args.member,
         state_dir,
         engine: args.engine,
         fail_timeout_ms: args.fail_timeout_ms,
-        no_quorum_grace_ms: args.no_quorum_grace_ms,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -27,9 +27,12 @@ pub use netns::Netns;
 #[allow(unused_imports)]
 pub use spec::{MemberSpec, SiteSpec, Spec};
 
-/// Failure timeout given to `geomirror up` so that a dead member is
-/// declared failed within a test's patience.
-pub const FAIL_TIMEOUT_MS: u64 = 1_500;
+/// The production host's lease in the test groups: shorter than the
+/// default so that failovers fit a test's patience.
+pub const LEASE_MS: u64 = 1_000;
+/// Failure timeout of the test groups: a dead member is declared failed
+/// this long after its last contact (the lease plus the least margin).
+pub const FAIL_TIMEOUT_MS: u64 = LEASE_MS + 500;
 /// Patience for one group transition (election, join, failover).
 pub const SETTLE: Duration = Duration::from_secs(30);
 
@@ -43,7 +46,7 @@ pub struct Cluster {
     starts: BTreeMap<String, usize>,
     /// Command prefix for `up` (e.g. `ip netns exec gm1`), per member.
     pub wrap: BTreeMap<String, Vec<String>>,
-    /// Extra `up` arguments for every member (e.g. `--no-quorum-grace-ms`).
+    /// Extra `up` arguments for every member (e.g. `--engine plain`).
     pub up_extra: Vec<String>,
 }
 
@@ -110,6 +113,9 @@ impl Cluster {
             "group = \"{}\"\nmode = \"{}\"\nsecret = \"cluster-test\"\n",
             s.group, s.mode
         );
+        if let Some((lease, fail)) = s.timing {
+            let _ = write!(t, "lease_ms = {lease}\nfail_timeout_ms = {fail}\n");
+        }
         for site in &s.sites {
             let _ = write!(
                 t,
@@ -151,8 +157,6 @@ impl Cluster {
             member.into(),
             "--state-dir".into(),
             self.state_dir(member).display().to_string(),
-            "--fail-timeout-ms".into(),
-            FAIL_TIMEOUT_MS.to_string(),
         ]
         .into_iter()
         .chain(self.up_extra.iter().cloned())

@@ -33,6 +33,9 @@ pub struct Spec {
     pub mode: String,
     pub sites: Vec<SiteSpec>,
     pub members: Vec<MemberSpec>,
+    /// `lease_ms` and `fail_timeout_ms` of the recovery domain; None
+    /// leaves them out (the defaults).
+    pub timing: Option<(u64, u64)>,
 }
 
 impl Spec {
@@ -61,6 +64,7 @@ impl Spec {
                     disk: None,
                 })
                 .collect(),
+            timing: Some((super::LEASE_MS, super::FAIL_TIMEOUT_MS)),
         }
     }
 
