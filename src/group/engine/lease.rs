@@ -252,18 +252,27 @@ impl<S: Replicated> Confirmer<S> {
 
     /// The renewal task: confirms every half lease (a quarter while the
     /// lease is wanted), at once when the leader changes or on a kick, and
-    /// again after a pause when a confirmation fails.
+    /// again after a pause when a confirmation fails: a short one while the
+    /// lease is wanted, doubling up to the period otherwise (each failed
+    /// round of an isolated leader is a line per voter in openraft's log).
     pub(crate) async fn run(self: Arc<Self>) {
         let mut metrics = self.raft.metrics();
         let mut leader = metrics.borrow().current_leader;
+        let mut failures: u32 = 0;
         loop {
             let ok = self.confirm().await.is_ok();
-            let period = if self.wanted.load(Ordering::Acquire) {
+            let wanted = self.wanted.load(Ordering::Acquire);
+            let period = if wanted {
                 self.lease / 4
             } else {
                 self.lease / 2
             };
-            let pause = if ok { period } else { self.retry.min(period) };
+            failures = if ok { 0 } else { failures.saturating_add(1) };
+            let pause = match (ok, wanted) {
+                (true, _) => period,
+                (false, true) => self.retry.min(period),
+                (false, false) => (self.retry * 2u32.pow(failures.min(5) - 1)).min(period),
+            };
             let deadline = tokio::time::Instant::now() + pause;
             loop {
                 tokio::select! {
