@@ -5,68 +5,7 @@
 mod cluster_support;
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
-
-use cluster_support::{agreed_view, host_of, member_state, Cluster, Spec};
-
-/// The namespaces and bridge of one test run, removed when dropped.
-struct Netns {
-    script: PathBuf,
-    prefix: String,
-}
-
-impl Netns {
-    fn up(n: usize) -> Netns {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/netns-cluster.sh");
-        // Unique per test (tests of one binary run in parallel), short
-        // enough for interface names (`PREFIXbr0`), ending in a letter so
-        // that `PREFIX1` never matches another prefix's namespaces.
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let k = NEXT.fetch_add(1, Ordering::Relaxed);
-        let prefix = format!(
-            "g{}{}n",
-            std::process::id() % 100_000,
-            (b'a' + k as u8) as char
-        );
-        let ns = Netns { script, prefix };
-        ns.run(&["down", &ns.prefix]);
-        common::run_ok(
-            Command::new(&ns.script)
-                .args(["up", &n.to_string()])
-                .arg(&ns.prefix),
-        );
-        ns
-    }
-
-    fn run(&self, args: &[&str]) {
-        let _ = Command::new(&self.script).args(args).status();
-    }
-
-    fn cut(&self, i: usize) {
-        common::run_ok(Command::new(&self.script).args(["cut", &i.to_string(), &self.prefix]));
-    }
-
-    fn restore(&self, i: usize) {
-        common::run_ok(Command::new(&self.script).args(["restore", &i.to_string(), &self.prefix]));
-    }
-
-    fn exec_prefix(&self, i: usize) -> Vec<String> {
-        vec![
-            "ip".into(),
-            "netns".into(),
-            "exec".into(),
-            format!("{}{i}", self.prefix),
-        ]
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        self.run(&["down", &self.prefix]);
-    }
-}
+use cluster_support::{agreed_view, host_of, member_state, Cluster, Netns, Spec};
 
 #[test]
 fn member_cut_off_the_network_is_marked_failed_and_rejoins_when_restored() {
@@ -148,7 +87,7 @@ fn production_host_cut_off_rejoins_and_its_copy_ends_identical() {
         member_state(s, "a1") == "failed"
     });
     // The isolated host's clients still reach it over its unix socket, but
-    // once its grace without quorum is over it refuses their writes.
+    // once its lease runs out it refuses their writes.
     common::wait_until("a1 fences writes", cluster_support::SETTLE, || {
         cluster_support::nbd_try_write(&c.nbd_uri("a1")).as_deref() == Some("EIO")
     });

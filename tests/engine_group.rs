@@ -35,6 +35,11 @@ impl Replicated for Journal {
         self.entries.push((cmd.from, cmd.seq));
         self.entries.len() - 1
     }
+    /// The writer is whoever appended last, named anew by every entry.
+    fn lease_holder(&self) -> Option<(u64, u64)> {
+        let (from, _) = self.entries.last()?;
+        Some((*from, self.entries.len() as u64))
+    }
 }
 
 struct Member {
@@ -51,6 +56,7 @@ fn config(id: u64, addr: SocketAddr, dir: &Path) -> EngineConfig {
     c.rpc_timeout_ms = 1_000;
     c.membership_timeout_ms = 15_000;
     c.propose_attempts_max = 100;
+    c.lease_ms = 600;
     c
 }
 
@@ -436,4 +442,90 @@ async fn leader_can_leave_and_the_rest_elect_a_new_one() {
     for m in rest {
         m.engine.shutdown().await.expect("shutdown");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_goes_to_the_writer_only_and_a_failure_decision_revokes_it() {
+    let root = common::tempdir();
+    let ms = group(3, root.path()).await;
+    let refs: Vec<&Member> = ms.iter().collect();
+    let l = leader_of(&refs).expect("a leader");
+    let (w, other) = match l {
+        0 => (1, 2),
+        1 => (0, 2),
+        _ => (0, 1),
+    };
+    let (leader, writer, other) = (&ms[l], &ms[w], &ms[other]);
+    leader
+        .engine
+        .propose(Note {
+            from: writer.id,
+            seq: 1,
+        })
+        .await
+        .expect("propose");
+    let sent = Instant::now();
+    let c = writer.engine.confirm().await.expect("confirmed");
+    assert!(c.holder && c.sent_at >= sent, "{c:?}");
+    assert!(!other.engine.confirm().await.expect("confirmed").holder);
+    assert!(!leader.engine.confirm().await.expect("confirmed").holder);
+
+    // The leader declares the writer failed: from then on, in this term,
+    // it grants it nothing, though the writer still asks, and it reports
+    // it until the state stops naming it.
+    eventually("the writer declared failed", || {
+        leader
+            .engine
+            .unreachable_peers(Duration::ZERO)
+            .contains(&writer.id)
+    })
+    .await;
+    assert!(!writer.engine.confirm().await.expect("confirmed").holder);
+    let patient = Duration::from_secs(3_600);
+    assert_eq!(leader.engine.unreachable_peers(patient), vec![writer.id]);
+    leader
+        .engine
+        .propose(Note {
+            from: other.id,
+            seq: 2,
+        })
+        .await
+        .expect("propose");
+    assert!(leader.engine.unreachable_peers(patient).is_empty());
+    assert!(other.engine.confirm().await.expect("confirmed").holder);
+    assert!(!writer.engine.confirm().await.expect("confirmed").holder);
+    for m in ms {
+        m.engine.shutdown().await.expect("shutdown");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_of_a_leader_without_a_majority_has_no_quorum() {
+    let root = common::tempdir();
+    let mut ms = group(5, root.path()).await;
+    eventually("every member sees a quorum", || {
+        ms.iter().all(|m| m.engine.has_quorum())
+    })
+    .await;
+    let refs: Vec<&Member> = ms.iter().collect();
+    let l = leader_of(&refs).expect("a leader");
+    let leader = ms.remove(l);
+    let follower = ms.remove(0);
+    // Three of five gone: the leader still leads and still reaches its
+    // follower, but nothing can be decided.
+    for m in ms {
+        m.engine.shutdown().await.expect("shutdown");
+    }
+    eventually("the follower loses its quorum", || {
+        !follower.engine.has_quorum()
+    })
+    .await;
+    eventually("the leader loses its quorum", || {
+        !leader.engine.has_quorum()
+    })
+    .await;
+    assert_eq!(follower.engine.leader(), Some(leader.id), "still led");
+    assert!(follower.engine.confirm().await.is_err());
+    leader.engine.shutdown().await.expect("shutdown");
+    follower.engine.shutdown().await.expect("shutdown");
 }

@@ -3,7 +3,9 @@
 
 mod common;
 
-use geomirror::config::{ConfigError, Mode, NbdAddress, RecoveryDomain};
+use geomirror::config::{
+    check_lease_timing, ConfigError, Mode, NbdAddress, RecoveryDomain, LEASE_MARGIN_MS,
+};
 use geomirror::group::{MemberId, ResourceId};
 use std::path::PathBuf;
 
@@ -345,6 +347,70 @@ fn bad_async_window_is_refused() {
         "mode = \"async\"\nasync_window = \"100\"",
     );
     assert_refused(&text, "async_window", "out of range");
+}
+
+#[test]
+fn lease_and_failure_timeout_default_to_a_safe_pair() {
+    let d = RecoveryDomain::from_toml_str(EXAMPLE).expect("valid");
+    assert_eq!((d.lease_ms, d.fail_timeout_ms), (3_000, 4_000));
+    assert!(d.fail_timeout_ms >= d.lease_ms + LEASE_MARGIN_MS);
+    let text = edited(
+        "mode = \"sync\"",
+        "mode = \"sync\"\nlease_ms = 1000\nfail_timeout_ms = 1500",
+    );
+    let d = RecoveryDomain::from_toml_str(&text).expect("valid");
+    assert_eq!((d.lease_ms, d.fail_timeout_ms), (1_000, 1_500));
+}
+
+#[test]
+fn a_failure_timeout_within_the_lease_and_margin_is_refused() {
+    // The group could move production while the old host still holds its lease.
+    let text = edited(
+        "mode = \"sync\"",
+        "mode = \"sync\"\nlease_ms = 1000\nfail_timeout_ms = 1499",
+    );
+    assert_refused(&text, "fail_timeout_ms", "at least the lease");
+    // The lease alone raised past the default failure timeout's reach.
+    let text = edited("mode = \"sync\"", "mode = \"sync\"\nlease_ms = 3600");
+    assert_refused(&text, "fail_timeout_ms", "plus 500 ms");
+    assert!(check_lease_timing(1_000, 1_500).is_ok());
+    assert!(check_lease_timing(1_000, 1_499).is_err());
+    assert!(check_lease_timing(u64::MAX, u64::MAX).is_err());
+}
+
+#[test]
+fn a_lease_out_of_range_is_refused() {
+    let text = edited("mode = \"sync\"", "mode = \"sync\"\nlease_ms = 399");
+    assert_refused(&text, "lease_ms", "out of range");
+    let text = edited(
+        "mode = \"sync\"",
+        "mode = \"sync\"\nlease_ms = 60001\nfail_timeout_ms = 70000",
+    );
+    assert_refused(&text, "lease_ms", "out of range");
+    let text = edited(
+        "mode = \"sync\"",
+        "mode = \"sync\"\nfail_timeout_ms = 3600001",
+    );
+    assert_refused(&text, "fail_timeout_ms", "more than");
+}
+
+#[test]
+fn timing_is_part_of_the_fingerprint_except_at_its_defaults() {
+    let plain = RecoveryDomain::from_toml_str(EXAMPLE).expect("valid");
+    // Files written before these settings existed keep their fingerprint.
+    let spelled_out = edited(
+        "mode = \"sync\"",
+        "mode = \"sync\"\nlease_ms = 3000\nfail_timeout_ms = 4000",
+    );
+    let d = RecoveryDomain::from_toml_str(&spelled_out).expect("valid");
+    assert_eq!(plain.fingerprint(), d.fingerprint());
+    // Members must agree on them: a different pair is another domain.
+    let faster = edited(
+        "mode = \"sync\"",
+        "mode = \"sync\"\nlease_ms = 1000\nfail_timeout_ms = 1500",
+    );
+    let d = RecoveryDomain::from_toml_str(&faster).expect("valid");
+    assert_ne!(plain.fingerprint(), d.fingerprint());
 }
 
 #[test]

@@ -24,16 +24,12 @@ pub struct Args {
     /// `uring-direct` or `plain` (pread/pwrite).
     #[arg(long, default_value = "uring")]
     pub engine: EngineKind,
-    /// A member silent for this long is declared failed by the leader.
-    #[arg(long, default_value_t = 3000)]
-    pub fail_timeout_ms: u64,
-    /// Quorum fence: once the group has had no quorum (no majority of its
-    /// voters reachable) for longer than this, the production host answers
-    /// writes with EIO until quorum is back. Keep it above two election
-    /// timeouts (2000 ms), so an ordinary election never fences writes.
-    #[arg(long, default_value_t = crate::node::fence::NO_QUORUM_GRACE_MS,
-          value_parser = clap::value_parser!(u64).range(GRACE_MIN_MS..=GRACE_MAX_MS))]
-    pub no_quorum_grace_ms: u64,
+    /// A member silent for this long is declared failed by the leader, in
+    /// place of `fail_timeout_ms` in the recovery domain (which every
+    /// member shares: prefer it). At least the domain's `lease_ms` plus
+    /// 500 ms, or the member refuses to start.
+    #[arg(long)]
+    pub fail_timeout_ms: Option<u64>,
     /// Found the group with the members that answer, counting the others
     /// as gone. Without it, a member with an empty state directory founds
     /// only once every member of the recovery domain has answered that it
@@ -44,12 +40,6 @@ pub struct Args {
     #[arg(long)]
     pub bootstrap: bool,
 }
-
-/// Bounds of `--no-quorum-grace-ms`: below one election timeout an ordinary
-/// election would fence writes; past an hour a cut-off host would keep
-/// acknowledging writes the group may already have moved past.
-const GRACE_MIN_MS: u64 = 1_000;
-const GRACE_MAX_MS: u64 = 3_600_000;
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let state_dir = match args.state_dir {
@@ -68,7 +58,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         state_dir,
         engine: args.engine,
         fail_timeout_ms: args.fail_timeout_ms,
-        no_quorum_grace_ms: args.no_quorum_grace_ms,
         bootstrap: args.bootstrap,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

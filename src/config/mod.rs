@@ -35,6 +35,42 @@ pub const ASYNC_WINDOW_BYTES_DEFAULT: u64 = 64 << 20;
 pub const ASYNC_WINDOW_BYTES_MIN: u64 = 4096;
 /// Largest async window.
 pub const ASYNC_WINDOW_BYTES_MAX: u64 = 16 << 30;
+/// Default write lease of the production host (see `check_lease_timing`).
+pub const LEASE_MS_DEFAULT: u64 = crate::group::engine::LEASE_MS_DEFAULT;
+/// Default time after which the leader declares a silent member failed.
+pub const FAIL_TIMEOUT_MS_DEFAULT: u64 = LEASE_MS_DEFAULT + 1_000;
+/// Shortest lease: four engine heartbeats (100 ms each), since it is
+/// renewed every quarter lease.
+pub const LEASE_MS_MIN: u64 = 400;
+/// Longest lease: past a minute a production host cut off from the group
+/// blocks its volume's failover for that long.
+pub const LEASE_MS_MAX: u64 = 60_000;
+/// Longest failure timeout.
+pub const FAIL_TIMEOUT_MS_MAX: u64 = 3_600_000;
+/// What the failure timeout must exceed the lease by. The leader measures
+/// the failure timeout on its clock from when a lease request reached it;
+/// the production host measures its lease on its own clock from when it
+/// sent the request, and answers a write only after checking the lease.
+/// The margin covers the rate difference of the two monotonic clocks
+/// (NTP slews them by at most 0.05 %: under 2 ms over a minute's lease)
+/// and the time from that check to the reply leaving the host (a thread
+/// descheduled on a loaded host: tens of ms, rarely hundreds).
+pub const LEASE_MARGIN_MS: u64 = 500;
+
+/// Refuses a lease and failure timeout that would let the group move
+/// production while the old production host may still acknowledge writes.
+pub fn check_lease_timing(lease_ms: u64, fail_timeout_ms: u64) -> Result<(), String> {
+    let least_ms = lease_ms.checked_add(LEASE_MARGIN_MS);
+    if least_ms.is_none_or(|least| fail_timeout_ms < least) {
+        return Err(format!(
+            "the failure timeout ({fail_timeout_ms} ms) must be at least the lease \
+             ({lease_ms} ms) plus {LEASE_MARGIN_MS} ms: otherwise the group could move \
+             production while the old production host still holds its lease and \
+             acknowledges writes"
+        ));
+    }
+    Ok(())
+}
 
 /// How the production host replicates writes to copy hosts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -122,10 +158,41 @@ pub struct RecoveryDomain {
     pub secret: String,
     /// Async mode: most unacknowledged bytes per copy host.
     pub async_window_bytes: u64,
+    /// How long a majority's confirmation lets the production host
+    /// acknowledge writes. Left out of the serialized form (and so of the
+    /// fingerprint) at its default, so that files without it keep theirs.
+    #[serde(
+        default = "lease_ms_default",
+        skip_serializing_if = "is_lease_ms_default"
+    )]
+    pub lease_ms: u64,
+    /// A member silent for longer is declared failed by the leader; at
+    /// least `lease_ms` + [`LEASE_MARGIN_MS`]. Left out at its default too.
+    #[serde(
+        default = "fail_timeout_ms_default",
+        skip_serializing_if = "is_fail_timeout_ms_default"
+    )]
+    pub fail_timeout_ms: u64,
     /// Sites; the first holds the production copy.
     pub sites: Vec<Site>,
     /// Members in backup order: `MemberId(i)` is `members[i]`.
     pub members: Vec<Member>,
+}
+
+fn lease_ms_default() -> u64 {
+    LEASE_MS_DEFAULT
+}
+
+fn is_lease_ms_default(ms: &u64) -> bool {
+    *ms == LEASE_MS_DEFAULT
+}
+
+fn fail_timeout_ms_default() -> u64 {
+    FAIL_TIMEOUT_MS_DEFAULT
+}
+
+fn is_fail_timeout_ms_default(ms: &u64) -> bool {
+    *ms == FAIL_TIMEOUT_MS_DEFAULT
 }
 
 /// One thing wrong with one field of the file.

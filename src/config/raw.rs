@@ -11,6 +11,8 @@ pub(super) struct RawDomain {
     pub mode: String,
     pub secret: String,
     pub async_window: Option<String>,
+    pub lease_ms: Option<u64>,
+    pub fail_timeout_ms: Option<u64>,
     #[serde(default)]
     pub site: Vec<RawSite>,
     #[serde(default)]

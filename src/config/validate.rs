@@ -3,9 +3,10 @@
 
 use super::raw::{RawDomain, RawMember, RawSite};
 use super::{
-    Member, Mode, NbdAddress, Problem, RecoveryDomain, Site, ASYNC_WINDOW_BYTES_DEFAULT,
-    ASYNC_WINDOW_BYTES_MAX, ASYNC_WINDOW_BYTES_MIN, DISKS_PER_MEMBER_MAX, MEMBERS_MAX,
-    NAME_BYTES_MAX, SITES_MAX,
+    check_lease_timing, Member, Mode, NbdAddress, Problem, RecoveryDomain, Site,
+    ASYNC_WINDOW_BYTES_DEFAULT, ASYNC_WINDOW_BYTES_MAX, ASYNC_WINDOW_BYTES_MIN,
+    DISKS_PER_MEMBER_MAX, FAIL_TIMEOUT_MS_DEFAULT, FAIL_TIMEOUT_MS_MAX, LEASE_MS_DEFAULT,
+    LEASE_MS_MAX, LEASE_MS_MIN, MEMBERS_MAX, NAME_BYTES_MAX, SITES_MAX,
 };
 use crate::group::ids::ResourceId;
 use crate::units::parse_size;
@@ -68,6 +69,8 @@ pub(super) fn validate(raw: RawDomain) -> Result<RecoveryDomain, Vec<Problem>> {
         },
     };
 
+    let (lease_ms, fail_timeout_ms) = check_timing(&mut p, raw.lease_ms, raw.fail_timeout_ms);
+
     let sites = check_sites(&mut p, raw.site);
     let members = check_members(&mut p, raw.member, &sites);
 
@@ -77,12 +80,42 @@ pub(super) fn validate(raw: RawDomain) -> Result<RecoveryDomain, Vec<Problem>> {
             mode,
             secret: raw.secret,
             async_window_bytes,
+            lease_ms,
+            fail_timeout_ms,
             sites,
             members,
         })
     } else {
         Err(p.0)
     }
+}
+
+/// The lease and the failure timeout, each in its range and the pair safe
+/// together; defaults for what the file leaves out.
+fn check_timing(p: &mut Problems, lease: Option<u64>, fail: Option<u64>) -> (u64, u64) {
+    let lease_ms = lease.unwrap_or(LEASE_MS_DEFAULT);
+    let fail_timeout_ms = fail.unwrap_or(FAIL_TIMEOUT_MS_DEFAULT);
+    let mut ok = true;
+    if !(LEASE_MS_MIN..=LEASE_MS_MAX).contains(&lease_ms) {
+        p.add(
+            "lease_ms",
+            format!("{lease_ms} is out of range ({LEASE_MS_MIN} to {LEASE_MS_MAX})"),
+        );
+        ok = false;
+    }
+    if fail_timeout_ms > FAIL_TIMEOUT_MS_MAX {
+        p.add(
+            "fail_timeout_ms",
+            format!("{fail_timeout_ms} is more than {FAIL_TIMEOUT_MS_MAX}"),
+        );
+        ok = false;
+    }
+    if ok {
+        if let Err(why) = check_lease_timing(lease_ms, fail_timeout_ms) {
+            p.add("fail_timeout_ms", why);
+        }
+    }
+    (lease_ms, fail_timeout_ms)
 }
 
 /// Names become file names (sockets, state directories): ASCII letters,

@@ -8,7 +8,8 @@
 //! checksummed snapshot files), `network` + `server` + `wire` + `frame`
 //! (authenticated TCP RPCs), `auth` (HMAC handshake, reusable elsewhere),
 //! `membership` (leader-side changes), `routing` (forwarding to the leader
-//! with bounded retries), `status` (metrics, quorum, failure detector), `config`.
+//! with bounded retries), `lease` (majority confirmations and the write
+//! lease), `status` (metrics, quorum, failure detector), `config`.
 
 pub mod auth;
 mod config;
@@ -16,6 +17,7 @@ mod config;
 mod conformance;
 mod error;
 pub mod frame;
+mod lease;
 mod membership;
 mod network;
 mod rendezvous;
@@ -30,6 +32,7 @@ mod wire;
 
 use std::marker::PhantomData;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,8 +40,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use config::EngineConfig;
+pub use config::{EngineConfig, LEASE_MS_DEFAULT};
 pub use error::EngineError;
+pub use lease::Confirmation;
 pub use membership::COMMAND_BYTES_MAX;
 pub use rendezvous::{PeerPhase, Probe};
 pub use server::{CONNECTIONS_MAX, ENGINE_MAGIC};
@@ -48,6 +52,7 @@ pub use types::{NodeId, Replicated};
 pub use wire::AUTH_CONTEXT;
 
 use auth::Authenticator;
+use lease::Confirmer;
 use network::{Net, NetFactory};
 use routing::MemberOp;
 use server::ServerCtx;
@@ -64,14 +69,19 @@ pub struct Engine<S: Replicated> {
     state: watch::Receiver<Arc<S>>,
     server: JoinHandle<()>,
     leader_watch: JoinHandle<()>,
-    /// When this member last became leader (the failure detector's origin).
-    leader_since: Arc<Mutex<Option<Instant>>>,
+    /// The term this member leads and when it saw itself elected (the
+    /// failure detector's origin).
+    leader_since: Arc<Mutex<Option<(u64, Instant)>>>,
+    /// Majority confirmations: the quorum and the write lease.
+    confirmer: Arc<Confirmer<S>>,
+    renewals: JoinHandle<()>,
 }
 
 impl<S: Replicated> Drop for Engine<S> {
     fn drop(&mut self) {
         self.server.abort();
         self.leader_watch.abort();
+        self.renewals.abort();
     }
 }
 
@@ -146,8 +156,10 @@ impl<S: Replicated> Engine<S> {
             raft: raft.clone(),
             auth,
             membership_timeout: cfg.membership_timeout(),
-            last_leader_contact: Mutex::new(None),
-            founding: std::sync::atomic::AtomicBool::new(false),
+            founding: AtomicBool::new(false),
+            state: state.clone(),
+            lease: lease::LeaseBook::default(),
+            confirm_timeout: cfg.confirm_timeout(),
         });
         let server = tokio::spawn(server::serve(incoming, ctx.clone()));
         let leader_since = Arc::new(Mutex::new(None));
@@ -156,6 +168,19 @@ impl<S: Replicated> Engine<S> {
             raft.metrics(),
             leader_since.clone(),
         ));
+        let confirmer = Arc::new(Confirmer {
+            me: cfg.node_id,
+            raft: raft.clone(),
+            net: net.clone(),
+            ctx: ctx.clone(),
+            lease: Duration::from_millis(cfg.lease_ms),
+            timeout: cfg.confirm_timeout(),
+            retry: cfg.confirm_retry(),
+            wanted: AtomicBool::new(false),
+            kick: tokio::sync::Notify::new(),
+            confirmed: watch::channel(None).0,
+        });
+        let renewals = tokio::spawn(confirmer.clone().run());
         Ok(Engine {
             addr: advertised,
             cfg,
@@ -166,6 +191,8 @@ impl<S: Replicated> Engine<S> {
             server,
             leader_watch,
             leader_since,
+            confirmer,
+            renewals,
         })
     }
 
@@ -272,9 +299,38 @@ impl<S: Replicated> Engine<S> {
     pub async fn shutdown(&self) -> Result<(), EngineError> {
         self.server.abort();
         self.leader_watch.abort();
+        self.renewals.abort();
         let res = self.raft.shutdown().await;
         self.net.clear();
         res.map_err(|e| EngineError::Raft(e.to_string()))
+    }
+
+    /// Asks the leader (this member itself when it leads) to confirm with
+    /// a majority that it still leads, and whether this member holds the
+    /// write lease: on a grant it does until `sent_at` plus
+    /// [`Engine::lease`]. The engine also does this on its own, every half
+    /// lease, or every quarter while [`Engine::set_lease_wanted`].
+    pub async fn confirm(&self) -> Result<Confirmation, EngineError> {
+        self.confirmer.confirm().await
+    }
+
+    /// The latest successful confirmation, updated as they arrive.
+    pub fn confirmations(&self) -> watch::Receiver<Option<Confirmation>> {
+        self.confirmer.confirmed.subscribe()
+    }
+
+    /// How long a confirmation counts (the lease).
+    pub fn lease(&self) -> Duration {
+        self.confirmer.lease
+    }
+
+    /// This member wants the write lease (it serves production): renew it
+    /// every quarter lease from now on, the first time at once.
+    pub fn set_lease_wanted(&self, wanted: bool) {
+        let was = self.confirmer.wanted.swap(wanted, Ordering::AcqRel);
+        if wanted && !was {
+            self.confirmer.kick.notify_one();
+        }
     }
 
     /// Whether this member's state dir holds a group (founded or joined,

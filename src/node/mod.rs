@@ -13,6 +13,7 @@ mod copy_state;
 mod dirty;
 pub mod fence;
 mod founding;
+pub mod lease;
 mod metered;
 mod mux;
 pub mod observe;
@@ -33,7 +34,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use tokio::net::TcpListener;
 
-use crate::config::RecoveryDomain;
+use crate::config::{check_lease_timing, RecoveryDomain};
 use crate::group::engine::{Engine, EngineConfig};
 use crate::group::join::{self, Action, Event};
 use crate::group::state::GroupState;
@@ -41,7 +42,7 @@ use crate::group::{Desired, DomainSpec, GroupCommand, MemberId, ResourceId};
 use crate::storage::EngineKind;
 
 use control_server::{control_loop, ControlContext};
-use fence::{FenceWatch, QuorumFence};
+use fence::{FenceWatch, LeaseFence};
 use observe::Observer;
 pub use probe::ProbeError;
 use proposals::{engine_key, propose, propose_until_decided, report_sync};
@@ -55,11 +56,10 @@ pub struct NodeOptions {
     pub member: String,
     pub state_dir: PathBuf,
     pub engine: EngineKind,
-    /// A member silent for longer is declared failed by the leader.
-    pub fail_timeout_ms: u64,
-    /// A production host without quorum for longer refuses writes
-    /// ([`fence::NO_QUORUM_GRACE_MS`] by default).
-    pub no_quorum_grace_ms: u64,
+    /// In place of the recovery domain's `fail_timeout_ms`: a member silent
+    /// for longer is declared failed by the leader. Checked against the
+    /// domain's lease like the domain's own.
+    pub fail_timeout_ms: Option<u64>,
     /// `--bootstrap`: found the group with the members that answer (the
     /// founding rule); without it, only with every member's answer.
     pub bootstrap: bool,
@@ -90,6 +90,14 @@ pub async fn run(
         .member(me)
         .ok_or_else(|| anyhow!("member lookup"))?
         .clone();
+    let fail_timeout_ms = opts.fail_timeout_ms.unwrap_or(domain.fail_timeout_ms);
+    check_lease_timing(domain.lease_ms, fail_timeout_ms).map_err(|why| {
+        anyhow!(
+            "--fail-timeout-ms {fail_timeout_ms} with lease_ms = {} in {}: {why}",
+            domain.lease_ms,
+            opts.config.display()
+        )
+    })?;
     // Block 74: which resources can this member access? A foreign or
     // corrupt disk refuses the start before anything is joined.
     let disks = probe::accessible(&domain, me)?;
@@ -121,6 +129,7 @@ pub async fn run(
         engine_key(&domain.secret),
     );
     cfg.peers = peers.clone();
+    cfg.lease_ms = domain.lease_ms;
     let engine = Arc::new(
         Engine::<GroupState>::start_with_incoming(cfg, routes.engine)
             .await
@@ -226,7 +235,7 @@ pub async fn run(
     set_joining(None);
 
     let mut roles = Roles::new(me, domain.clone(), disks.clone(), opts.engine);
-    let fence = QuorumFence::new(Duration::from_millis(opts.no_quorum_grace_ms));
+    let fence = LeaseFence::new(engine.lease());
     roles.set_fence(fence.gate());
     if let Some(m) = observer.metrics() {
         roles.set_write_metrics(m.writes());
@@ -295,8 +304,13 @@ pub async fn run(
             let state = state_rx.borrow_and_update().clone();
             observer.on_state(&state);
             // A state just committed that names this member the production
-            // host lifts a fence before the export (re)starts serving.
-            fence.check(state.host(&fence.production) == Some(me));
+            // host: a lease first, so that the export (re)starts serving
+            // with its writes acknowledged.
+            let is_host = state.host(&fence.production) == Some(me);
+            if is_host {
+                fence.acquire().await;
+            }
+            fence.check(is_host);
             let actions = join::step(
                 &state,
                 me,
@@ -395,7 +409,7 @@ pub async fn run(
                 }
                 // The leader's failure detector (a dead member is marked failed).
                 let state = state_rx.borrow().clone();
-                for id in engine.unreachable_peers(Duration::from_millis(opts.fail_timeout_ms)) {
+                for id in engine.unreachable_peers(Duration::from_millis(fail_timeout_ms)) {
                     if let Some(member) = MemberId::from_node_id(id) {
                         for a in join::step(&state, me, Event::MemberLost { member }) {
                             if let Action::Propose(cmd) = a {

@@ -254,6 +254,7 @@ address = "127.0.0.1:3"
                     size_bytes: 1 << 30,
                     block_size_bytes: 4096,
                     label_generation: 1,
+                    disk_id: 1,
                 },
             })
             .expect("configuration");

@@ -15,6 +15,7 @@ use crate::common::{self, Proc};
 mod checks;
 mod metrics;
 mod mounts;
+mod netns;
 mod spec;
 
 pub use checks::*;
@@ -22,11 +23,16 @@ pub use checks::*;
 #[allow(unused_imports)]
 pub use mounts::Mounts;
 #[allow(unused_imports)]
+pub use netns::Netns;
+#[allow(unused_imports)]
 pub use spec::{MemberSpec, SiteSpec, Spec};
 
-/// Failure timeout given to `geomirror up` so that a dead member is
-/// declared failed within a test's patience.
-pub const FAIL_TIMEOUT_MS: u64 = 1_500;
+/// The production host's lease in the test groups: shorter than the
+/// default so that failovers fit a test's patience.
+pub const LEASE_MS: u64 = 1_000;
+/// Failure timeout of the test groups: a dead member is declared failed
+/// this long after its last contact (the lease plus the least margin).
+pub const FAIL_TIMEOUT_MS: u64 = LEASE_MS + 500;
 /// Patience for one group transition (election, join, failover).
 pub const SETTLE: Duration = Duration::from_secs(30);
 
@@ -40,7 +46,7 @@ pub struct Cluster {
     starts: BTreeMap<String, usize>,
     /// Command prefix for `up` (e.g. `ip netns exec gm1`), per member.
     pub wrap: BTreeMap<String, Vec<String>>,
-    /// Extra `up` arguments for every member (e.g. `--no-quorum-grace-ms`).
+    /// Extra `up` arguments for every member (e.g. `--engine plain`).
     pub up_extra: Vec<String>,
     /// Members started with `--bootstrap` (they found the group without
     /// waiting for the members that are not started).
@@ -126,6 +132,9 @@ impl Cluster {
             "group = \"{}\"\nmode = \"{}\"\nsecret = \"cluster-test\"\n",
             s.group, s.mode
         );
+        if let Some((lease, fail)) = s.timing {
+            let _ = write!(t, "lease_ms = {lease}\nfail_timeout_ms = {fail}\n");
+        }
         for site in &s.sites {
             let _ = write!(
                 t,
@@ -166,8 +175,6 @@ impl Cluster {
             member.into(),
             "--state-dir".into(),
             self.state_dir(member).display().to_string(),
-            "--fail-timeout-ms".into(),
-            FAIL_TIMEOUT_MS.to_string(),
         ]
         .into_iter()
         .chain(self.up_extra.iter().cloned())

@@ -20,9 +20,9 @@ pub struct MemberSpec {
     pub address: String,
     /// Prometheus endpoint, `HOST:PORT` (none unless a test asks for one).
     pub metrics: Option<String>,
-    /// A disk file of its own in the test dir, in place of its site's
-    /// shared one (standing for another host's view of a LUN, or another
-    /// disk); the test makes it.
+    /// A disk file of its own in place of its site's shared one: a name
+    /// in the test dir (standing for another host's view of a LUN, or
+    /// another disk; the test makes it), or an absolute path.
     pub disk_file: Option<String>,
 }
 
@@ -34,6 +34,9 @@ pub struct Spec {
     pub mode: String,
     pub sites: Vec<SiteSpec>,
     pub members: Vec<MemberSpec>,
+    /// `lease_ms` and `fail_timeout_ms` of the recovery domain; None
+    /// leaves them out (the defaults).
+    pub timing: Option<(u64, u64)>,
 }
 
 impl Spec {
@@ -62,6 +65,7 @@ impl Spec {
                     disk_file: None,
                 })
                 .collect(),
+            timing: Some((super::LEASE_MS, super::FAIL_TIMEOUT_MS)),
         }
     }
 

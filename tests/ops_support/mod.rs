@@ -59,6 +59,8 @@ impl Cluster {
             r#"group = "{GROUP}"
 mode = "sync"
 secret = "correct horse battery staple"
+lease_ms = 1000
+fail_timeout_ms = 1500
 
 [[site]]
 name = "prod"
@@ -131,8 +133,6 @@ address = "{}"
             member,
             "--state-dir",
             state.to_str().expect("utf-8 path"),
-            "--fail-timeout-ms",
-            "1500",
         ];
         args.extend_from_slice(extra);
         let p = Proc::geomirror(&args, &log);

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use geomirror::node::fence::{FencedDevice, QuorumFence};
+use geomirror::node::fence::{FenceGate, FencedDevice};
 use geomirror::replication::{MirroredVolume, Mode, Receiver, ReceiverConfig, VolumeConfig};
 use geomirror::storage::uring::{UringEngine, UringOptions};
 use geomirror::storage::{self, BlockDevice, Inline, IoBuf, Request};
@@ -35,13 +35,12 @@ fn a_write() -> Request {
 #[test]
 fn fenced_device_runs_open_writes_inline_and_declines_fenced_ones() {
     let dir = crate::common::tempdir();
-    let grace = Duration::from_millis(10);
-    let mut fence = QuorumFence::new(grace);
-    let gate = fence.gate();
+    let gate = Arc::new(FenceGate::default());
     gate.set_serving(true);
+    gate.extend_to(Instant::now() + Duration::from_secs(60));
     let dev = FencedDevice::new(uring_disk(dir.path()), gate.clone());
 
-    // Open gate, idle ring: a small write and a flush run on this thread.
+    // Inside the lease, idle ring: a small write and a flush run on this thread.
     assert!(dev.inline_ready(&a_write()));
     assert!(matches!(dev.run_inline(a_write()), Inline::Done(Ok(_))));
     assert!(matches!(
@@ -49,12 +48,10 @@ fn fenced_device_runs_open_writes_inline_and_declines_fenced_ones() {
         Inline::Done(Ok(_))
     ));
 
-    // Shut gate: the write is handed back for `submit`, which refuses it;
+    // No lease: the write is handed back for `submit`, which refuses it;
     // a flush still runs.
-    let t0 = Instant::now();
-    fence.observe(false, true, t0);
-    fence.observe(false, true, t0 + grace * 2);
-    assert!(gate.is_fenced());
+    gate.revoke();
+    assert!(!gate.is_valid_at(Instant::now()));
     assert!(!dev.inline_ready(&a_write()));
     assert!(matches!(
         dev.run_inline(a_write()),

@@ -13,6 +13,11 @@ use super::frame::SNAPSHOT_CHUNK_BYTES_MAX;
 use super::membership::ENTRIES_PER_APPEND_MAX;
 use super::types::NodeId;
 
+/// Default lease: an ordinary election (a new leader within the 1–2 s
+/// election timeout) ends before a lease renewed just ahead of it runs
+/// out, so elections alone never stop the production host's writes.
+pub const LEASE_MS_DEFAULT: u64 = 3_000;
+
 /// How a member runs its engine.
 #[derive(Clone)]
 pub struct EngineConfig {
@@ -48,6 +53,10 @@ pub struct EngineConfig {
     /// Attempts of a proposal or membership change while the leader is
     /// unknown or changing.
     pub propose_attempts_max: u32,
+    /// How long a confirmation by a majority counts (`lease.rs`): the write
+    /// lease a granted member holds from the moment it asked, and the
+    /// window in which a member has a quorum.
+    pub lease_ms: u64,
 }
 
 impl std::fmt::Debug for EngineConfig {
@@ -60,13 +69,14 @@ impl std::fmt::Debug for EngineConfig {
             .field("state_dir", &self.state_dir)
             .field("heartbeat_ms", &self.heartbeat_ms)
             .field("election_timeout_ms", &self.election_timeout_ms)
+            .field("lease_ms", &self.lease_ms)
             .finish_non_exhaustive()
     }
 }
 
 impl EngineConfig {
     /// A configuration with production defaults (heartbeat 100 ms, election
-    /// 1–2 s, snapshot every 1000 entries).
+    /// 1–2 s, lease 3 s, snapshot every 1000 entries).
     pub fn new(node_id: NodeId, listen: SocketAddr, state_dir: PathBuf, secret: Vec<u8>) -> Self {
         EngineConfig {
             node_id,
@@ -83,7 +93,20 @@ impl EngineConfig {
             snapshot_every_entries: 1_000,
             logs_kept_after_snapshot: 100,
             propose_attempts_max: 50,
+            lease_ms: LEASE_MS_DEFAULT,
         }
+    }
+
+    /// Bound on one lease confirmation: half a lease, since an answer
+    /// later than that grants less than half of it; an RPC timeout at most.
+    pub(crate) fn confirm_timeout(&self) -> Duration {
+        Duration::from_millis((self.lease_ms / 2).min(self.rpc_timeout_ms))
+    }
+
+    /// Pause after a failed confirmation: two heartbeats, so that a member
+    /// without a leader does not spin while an election runs.
+    pub(crate) fn confirm_retry(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms.saturating_mul(2))
     }
 
     pub(crate) fn rpc_timeout(&self) -> Duration {
@@ -115,6 +138,13 @@ impl EngineConfig {
             return Err(EngineError::Config(
                 "timeouts and attempts must be non-zero".into(),
             ));
+        }
+        if self.lease_ms < self.heartbeat_ms.saturating_mul(4) {
+            return Err(EngineError::Config(format!(
+                "lease ({} ms) must be at least four heartbeats ({} ms): it is renewed \
+                 every quarter lease, and each renewal takes a heartbeat round",
+                self.lease_ms, self.heartbeat_ms
+            )));
         }
         if self.snapshot_every_entries == 0 {
             return Err(EngineError::Config(
@@ -161,6 +191,16 @@ mod tests {
         c.heartbeat_ms = 500;
         c.election_timeout_ms = 1_000;
         assert!(matches!(c.raft_config(), Err(EngineError::Config(_))));
+    }
+
+    #[test]
+    fn a_lease_shorter_than_four_heartbeats_is_refused() {
+        let mut c = cfg();
+        c.lease_ms = 399;
+        assert!(matches!(c.raft_config(), Err(EngineError::Config(_))));
+        c.lease_ms = 400;
+        assert!(c.raft_config().is_ok());
+        assert_eq!(c.confirm_timeout(), Duration::from_millis(200));
     }
 
     #[test]

@@ -1,11 +1,10 @@
 //! Incoming engine RPCs: an accept loop with a connection cap, the auth
 //! handshake, then one request → one response per frame until the peer hangs up.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::error::{InstallSnapshotError, RaftError};
-use openraft::raft::AppendEntriesResponse;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
@@ -27,10 +26,14 @@ pub(crate) struct ServerCtx<S: Replicated> {
     pub(crate) raft: Raft<S>,
     pub(crate) auth: Authenticator,
     pub(crate) membership_timeout: Duration,
-    /// When a leader last reached us with AppendEntries or a snapshot chunk.
-    pub(crate) last_leader_contact: Mutex<Option<Instant>>,
     /// Set while this member is about to found the group (`rendezvous`).
     pub(crate) founding: std::sync::atomic::AtomicBool,
+    /// The applied state, for the lease check.
+    pub(crate) state: tokio::sync::watch::Receiver<Arc<S>>,
+    /// Lease requests received and lease revocations, while leading.
+    pub(crate) lease: super::lease::LeaseBook,
+    /// Bound on confirming the leadership for one lease request.
+    pub(crate) confirm_timeout: Duration,
 }
 
 /// First bytes of an engine connection: a member's one address also
@@ -132,12 +135,7 @@ fn failed(e: impl std::fmt::Display) -> Fault {
 async fn dispatch<S: Replicated>(ctx: &ServerCtx<S>, req: Request<S>) -> Response<S> {
     match req {
         Request::Append(rpc) => {
-            let r = ctx.raft.append_entries(rpc).await.map_err(failed);
-            // A request refused for its stale term does not come from our leader.
-            if matches!(&r, Ok(a) if !matches!(a, AppendEntriesResponse::HigherVote(_))) {
-                *ctx.last_leader_contact.lock().expect("lock not poisoned") = Some(Instant::now());
-            }
-            Response::Append(r)
+            Response::Append(ctx.raft.append_entries(rpc).await.map_err(failed))
         }
         Request::Vote(rpc) => Response::Vote(ctx.raft.vote(rpc).await.map_err(failed)),
         Request::Snapshot(rpc) => {
@@ -155,9 +153,6 @@ async fn dispatch<S: Replicated>(ctx: &ServerCtx<S>, req: Request<S>) -> Respons
                 }
                 Err(e) => Err(failed(e)),
             };
-            if r.is_ok() {
-                *ctx.last_leader_contact.lock().expect("lock not poisoned") = Some(Instant::now());
-            }
             Response::Snapshot(r)
         }
         Request::Propose(cmd) => Response::Proposed(membership::propose(&ctx.raft, cmd).await),
@@ -168,5 +163,8 @@ async fn dispatch<S: Replicated>(ctx: &ServerCtx<S>, req: Request<S>) -> Respons
             membership::remove_member(&ctx.raft, id, ctx.membership_timeout).await,
         ),
         Request::Phase => Response::Phase(super::rendezvous::own_phase(ctx).await),
+        Request::Confirm { from } => Response::Confirmed(
+            super::lease::confirm_as_leader(ctx, from, ctx.confirm_timeout).await,
+        ),
     }
 }

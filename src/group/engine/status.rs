@@ -1,5 +1,6 @@
-//! This member's view of the group for status output: metrics, quorum,
-//! and the leader's failure detector over peers' last answers.
+//! This member's view of the group for status output: metrics, quorum
+//! (from lease confirmations), and the leader's failure detector over
+//! peers' last answers and lease requests.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -36,23 +37,23 @@ pub struct EngineMetrics {
 }
 
 impl<S: Replicated> Engine<S> {
-    /// Whether this member can currently get a command committed: as leader,
-    /// a majority acknowledged it within the election timeout; as follower,
-    /// the leader reached it within that time. False for a lone survivor of
-    /// a two-voter group.
+    /// Whether a majority of the voters confirmed, within the last lease,
+    /// the leader this member follows (or, on the leader, its leadership;
+    /// there openraft's age of the last majority acknowledgement must be
+    /// within the lease too). A member cut off with its leader, and that
+    /// leader, lose it within one lease. False for a lone survivor of a
+    /// two-voter group.
     pub fn has_quorum(&self) -> bool {
-        let m = self.raft.metrics().borrow().clone();
-        let window_ms = self.cfg.election_timeout_ms.saturating_mul(2);
-        match m.current_leader {
+        let (leader, acked_ms) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.current_leader, m.millis_since_quorum_ack)
+        };
+        match leader {
             Some(l) if l == self.cfg.node_id => {
-                m.millis_since_quorum_ack.is_some_and(|ms| ms <= window_ms)
+                acked_ms.is_some_and(|ms| ms <= self.cfg.lease_ms) && self.confirmer.has_quorum()
             }
-            Some(_) => self
-                .ctx
-                .last_leader_contact
-                .lock()
-                .expect("lock not poisoned")
-                .is_some_and(|t| t.elapsed() <= Duration::from_millis(window_ms)),
+            Some(_) => self.confirmer.has_quorum(),
             None => false,
         }
     }
@@ -75,37 +76,57 @@ impl<S: Replicated> Engine<S> {
         }
     }
 
-    /// On the leader: members that have not answered any RPC for longer
-    /// than `timeout` (counted from when this member became leader at the
-    /// earliest). Empty on other members, which do not send heartbeats.
+    /// The leader's failure detector: members silent for longer than
+    /// `timeout`, counting as contact their last answered RPC, their last
+    /// lease request, and this member's election. Reporting a member is the
+    /// decision to fail it: its lease is revoked (`lease.rs` says why that,
+    /// with `timeout >= lease + margin`, keeps two hosts from writing), and
+    /// it is reported again on every call until the state no longer lets
+    /// it write, so the caller carries the decision out. Empty on other
+    /// members, which do not send heartbeats.
     pub fn unreachable_peers(&self, timeout: Duration) -> Vec<NodeId> {
-        let m = self.raft.metrics().borrow().clone();
-        if m.current_leader != Some(self.cfg.node_id) {
-            return Vec::new();
-        }
-        let Some(since) = *self.leader_since.lock().expect("lock not poisoned") else {
-            return Vec::new();
+        let (term, ids) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            if m.current_leader != Some(self.cfg.node_id) {
+                return Vec::new();
+            }
+            let ids: Vec<NodeId> = m
+                .membership_config
+                .membership()
+                .nodes()
+                .map(|(id, _)| *id)
+                .filter(|id| *id != self.cfg.node_id)
+                .collect();
+            (m.current_term, ids)
         };
-        m.membership_config
-            .membership()
-            .nodes()
-            .map(|(id, _)| *id)
-            .filter(|id| *id != self.cfg.node_id)
-            .filter(|id| {
-                let last = self.net.last_ok(*id).map_or(since, |t| t.max(since));
+        // Counted from the election of this term only: a leadership of an
+        // earlier term says nothing about leases granted since.
+        let since = match *self.leader_since.lock().expect("lock not poisoned") {
+            Some((t, since)) if t == term => since,
+            _ => return Vec::new(),
+        };
+        let state = self.state.borrow().clone();
+        self.ctx
+            .lease
+            .declare_failed(ids.into_iter(), term, &*state, |id, asked| {
+                let last = [self.net.last_ok(id), asked]
+                    .into_iter()
+                    .flatten()
+                    .fold(since, Instant::max);
                 last.elapsed() > timeout
             })
-            .collect()
     }
 }
 
-/// Records when this member becomes leader, for [`Engine::unreachable_peers`].
+/// Records the term this member leads and when it saw itself elected, for
+/// [`Engine::unreachable_peers`] (seeing it later than it happened only
+/// delays failure decisions).
 pub(crate) async fn watch_leadership(
     me: NodeId,
     mut m: watch::Receiver<openraft::RaftMetrics<NodeId, Node>>,
-    since: Arc<Mutex<Option<Instant>>>,
+    since: Arc<Mutex<Option<(u64, Instant)>>>,
 ) {
-    let mut term_led = None;
     loop {
         {
             let cur = m.borrow_and_update();
@@ -113,10 +134,8 @@ pub(crate) async fn watch_leadership(
             let mut s = since.lock().expect("lock not poisoned");
             if !leads {
                 *s = None;
-                term_led = None;
-            } else if term_led != Some(cur.current_term) {
-                *s = Some(Instant::now());
-                term_led = Some(cur.current_term);
+            } else if s.is_none_or(|(t, _)| t != cur.current_term) {
+                *s = Some((cur.current_term, Instant::now()));
             }
         }
         if m.changed().await.is_err() {

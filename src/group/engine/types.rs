@@ -27,6 +27,16 @@ pub trait Replicated:
     type Outcome: Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static;
     /// Applies one committed command. Must be pure: no I/O, no clock, no randomness.
     fn apply(&mut self, cmd: &Self::Command) -> Self::Outcome;
+
+    /// The member this state names as its one writer, with the generation
+    /// of that naming, which changes every time the state names a writer
+    /// anew (`lease.rs`): the leader grants the write lease to that member
+    /// only, and a failure decision revokes that one naming. A state with
+    /// no writer grants it to nobody; its confirmations still prove the
+    /// majority.
+    fn lease_holder(&self) -> Option<(NodeId, u64)> {
+        None
+    }
 }
 
 /// Member identifier, as in the recovery domain.

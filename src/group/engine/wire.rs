@@ -1,5 +1,6 @@
 //! The engine's RPC messages (one request, one response per frame): Raft's
-//! three RPCs plus client writes and membership changes sent to the leader.
+//! three RPCs plus client writes, membership changes and lease
+//! confirmations sent to the leader.
 
 use openraft::error::SnapshotMismatch;
 use openraft::raft::{
@@ -39,8 +40,15 @@ pub(crate) enum Request<S: Replicated> {
         id: NodeId,
     },
     /// Where the answering member stands in the group's founding (see
-    /// `super::rendezvous`). Last, so older variants keep their tags.
+    /// `super::rendezvous`). After the older variants, so they keep their tags.
     Phase,
+    /// Confirm, with a majority, that the answering member still leads,
+    /// and say whether `from` may hold the write lease (`super::lease`).
+    /// Leader only. Last, so older variants keep their tags.
+    Confirm {
+        /// The asking member: the leader counts the request as contact.
+        from: NodeId,
+    },
 }
 
 /// Why a remote member could not serve a request.
@@ -73,4 +81,8 @@ pub(crate) enum Response<S: Replicated> {
     Membership(Result<(), Fault>),
     /// Answer to [`Request::Phase`].
     Phase(super::rendezvous::PeerPhase),
+    /// Answer to [`Request::Confirm`]: the leadership was confirmed by a
+    /// majority after the request arrived; `true` when the asking member
+    /// holds the lease from the time it sent the request.
+    Confirmed(Result<bool, Fault>),
 }
