@@ -424,6 +424,8 @@ fn a_member_hosts_production_on_the_faulty_disk() {
         r#"group = "vol0"
 mode = "sync"
 secret = "faulty disk"
+lease_ms = 1000
+fail_timeout_ms = 1500
 
 [[site]]
 name = "prod"
@@ -468,8 +470,6 @@ address = "{}"
                     m,
                     "--state-dir",
                     state.to_str().expect("utf-8 path"),
-                    "--fail-timeout-ms",
-                    "1500",
                 ],
                 &d.join(format!("{m}.log")),
             )
