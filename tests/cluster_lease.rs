@@ -281,8 +281,12 @@ fn five_voters(mode: &str, order: [&str; 5], timing: Option<(u64, u64)>) -> (Net
     for (i, m) in order.iter().enumerate() {
         c.wrap.insert((*m).to_string(), net.exec_prefix(i + 1));
     }
-    c.start_all(&order);
+    // a2 starts once a1 hosts the production disk: the first of a site's
+    // members to join hosts its disk, and the tests cut a1 off.
+    let first: Vec<&str> = order.iter().copied().filter(|m| *m != "a2").collect();
+    c.start_all(&first);
     c.wait_synced("a1");
+    c.start("a2");
     c.wait_all_joined(&order);
     (net, lun, c)
 }
