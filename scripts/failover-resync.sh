@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Bytes a failover resyncs: a group a1, a2 (production site, one shared
 # disk), b1 (copy site), w1 (witness), sync mode; once the copy is UpToDate,
-# write 8 MiB through a1 as 128 x 64 KiB, FLUSH, wait WAIT_S, kill -9 a1;
-# a2 takes over, and the copy's resynced_bytes after it is printed.
+# write 8 MiB through the production host (a1 or a2) as 128 x 64 KiB,
+# FLUSH, wait WAIT_S, kill -9 it; the other one takes over, and the
+# copy's resynced_bytes after it is printed.
 #
 # usage: scripts/failover-resync.sh        env: SIZE=1G WAIT_S=1 ROUNDS=3 BIN=target/release/geomirror
 set -euo pipefail
@@ -70,13 +71,18 @@ TOML
     PIDS+=($!)
   done
   wait_for w1 "$copy_ok" "the copy to be UpToDate"
-  PATH=/usr/bin:/bin:$PATH nbdsh -u "nbd+unix:///g?socket=$RUN/a1.sock" -c '
+  # Whichever of a1 and a2 joined first hosts production: write through it
+  # and kill it; the other one takes over.
+  local host next
+  host=$(status w1 | python3 -c 'import json,sys; r=json.load(sys.stdin); print([x for x in r["resources"] if x["id"]=="g-prod"][0]["host"])')
+  if [[ $host == a1 ]]; then next=a2 victim=${PIDS[0]}; else next=a1 victim=${PIDS[1]}; fi
+  PATH=/usr/bin:/bin:$PATH nbdsh -u "nbd+unix:///g?socket=$RUN/$host.sock" -c '
 for i in range(128):
     h.pwrite(bytes([i % 251 + 1]) * 65536, i * 65536)
 h.flush()'
   sleep "$WAIT_S"
-  kill -9 "${PIDS[0]}"; wait "${PIDS[0]}" 2>/dev/null || true
-  wait_for w1 "[x for x in r[\"resources\"] if x[\"id\"]==\"g-prod\" and x[\"host\"]==\"a2\"] and $copy_ok" "a2 to host production with the copy UpToDate"
+  kill -9 "$victim"; wait "$victim" 2>/dev/null || true
+  wait_for w1 "[x for x in r[\"resources\"] if x[\"id\"]==\"g-prod\" and x[\"host\"]==\"$next\"] and $copy_ok" "$next to host production with the copy UpToDate"
   local bytes; bytes=$(status w1 | python3 -c 'import json,sys; r=json.load(sys.stdin); print([x for x in r["resources"] if x["id"]=="g-dr"][0]["resynced_bytes"])')
   echo "round $k: volume $SIZE, 8 MiB written, kill -9 after ${WAIT_S}s: the failover resynced $bytes bytes"
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
