@@ -6,7 +6,7 @@ mod cluster_support;
 mod common;
 
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -216,35 +216,6 @@ fn a_copy_host_killed_mid_resync_leaves_an_inconsistent_label_and_resumes() {
     c.assert_identical(1);
 }
 
-/// A tmpfs mounted for the test, unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(at).expect("mkdir");
-        run_ok(
-            Command::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-                .arg(at),
-        );
-        Tmpfs(at.to_path_buf())
-    }
-
-    fn resize(&self, size: &str) {
-        run_ok(
-            Command::new("mount")
-                .args(["-o", &format!("remount,size={size}")])
-                .arg(&self.0),
-        );
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 /// The value of `geomirror_copy_state{copy="payroll-dr",state=STATE}` on `member`.
 fn copy_state_gauge(c: &Cluster, member: &str, state: &str) -> Option<f64> {
     let want = format!("state=\"{state}\"");
@@ -262,7 +233,7 @@ fn a_copy_disk_out_of_space_is_disk_failed_and_resyncs_once_it_has_room() {
     }
     let mut c = Cluster::new(Spec::payroll("sync", "256M").with_metrics("a1"));
     // The copy disk: a sparse 256 MiB image on a 100 MiB file system.
-    let fs = Tmpfs::mount(&c.dir.path().join("copyfs"), "100M");
+    let fs = common::Tmpfs::mount(&c.dir.path().join("copyfs"), "100M");
     let image = fs.0.join("payroll-dr.img");
     std::fs::remove_file(c.disk(1)).expect("remove the copy disk");
     run_ok(

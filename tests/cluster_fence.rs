@@ -129,19 +129,9 @@ fn data_sum(path: &Path, len: u64) -> u32 {
     h.finalize()
 }
 
-/// A disk's label, as `label --json` prints it.
-fn label(disk: &Path) -> serde_json::Value {
-    let out = common::run_ok(
-        Command::new(common::bin())
-            .args(["label", "--json"])
-            .arg(disk),
-    );
-    serde_json::from_str(&out).expect("label JSON")
-}
-
 /// The `generations` object of a disk's label.
 fn generations(disk: &Path) -> serde_json::Value {
-    label(disk)["generations"].clone()
+    common::label(disk)["generations"].clone()
 }
 
 /// `geomirror serve --disk DISK` on a unix socket in `dir`; returns the
@@ -224,7 +214,7 @@ fn a_copy_written_standalone_while_production_wrote_is_split_brain_and_never_mer
         "tracked from the shared one"
     );
     assert!(
-        label(&copy_disk)["dirty_bytes"].as_u64() >= Some(65536),
+        common::label(&copy_disk)["dirty_bytes"].as_u64() >= Some(65536),
         "the standalone write is marked in the copy's bitmap"
     );
     let sums = (

@@ -12,19 +12,9 @@ use std::process::Command;
 use cluster_support::{host_of, member_state, Cluster, Spec};
 use geomirror::node::status::StatusReport;
 
-/// A disk's label, as `label --json` prints it.
-fn label(disk: &Path) -> serde_json::Value {
-    let out = common::run_ok(
-        Command::new(common::bin())
-            .args(["label", "--json"])
-            .arg(disk),
-    );
-    serde_json::from_str(&out).expect("label JSON")
-}
-
 /// The current data generation in a disk's label, as status prints it.
 fn generation(disk: &Path) -> String {
-    let g = label(disk)["generations"]["current"]
+    let g = common::label(disk)["generations"]["current"]
         .as_u64()
         .expect("current generation");
     format!("{g:016x}")
@@ -125,8 +115,12 @@ fn a_stale_or_foreign_disk_never_takes_over_and_a_current_copy_does() {
         .output()
         .expect("run format");
     assert!(other.status.success(), "{other:?}");
-    let a1_id = label(&c.disk(0))["disk_id"].as_u64().expect("disk id");
-    let a2_id = label(&a2_disk)["disk_id"].as_u64().expect("disk id");
+    let a1_id = common::label(&c.disk(0))["disk_id"]
+        .as_u64()
+        .expect("disk id");
+    let a2_id = common::label(&a2_disk)["disk_id"]
+        .as_u64()
+        .expect("disk id");
     assert_ne!(a1_id, a2_id);
     c.start("a2");
     assert_refused(

@@ -230,3 +230,40 @@ pub fn serve(size: &str, extra: &[&str]) -> Served {
         uri,
     }
 }
+
+/// A disk's label, as `geomirror label --json` prints it.
+pub fn label(disk: &Path) -> serde_json::Value {
+    let out = run_ok(Command::new(bin()).args(["label", "--json"]).arg(disk));
+    serde_json::from_str(&out).expect("label JSON")
+}
+
+/// A tmpfs mounted for the test (a small file system to run out of),
+/// unmounted when dropped.
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    pub fn mount(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).expect("mkdir");
+        run_ok(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(at),
+        );
+        Tmpfs(at.to_path_buf())
+    }
+
+    /// Gives the file system `size` (growing it frees room at once).
+    pub fn resize(&self, size: &str) {
+        run_ok(
+            Command::new("mount")
+                .args(["-o", &format!("remount,size={size}")])
+                .arg(&self.0),
+        );
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}

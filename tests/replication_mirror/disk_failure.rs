@@ -3,8 +3,6 @@
 //! offset, retries slowly, production keeps marking every write for it, and
 //! the copy resyncs once its file system has room.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -13,43 +11,13 @@ use geomirror::replication::{LinkState, Mode};
 use super::common;
 use super::harness::*;
 
-/// A tmpfs mounted for the test, unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(at).expect("mkdir");
-        common::run_ok(
-            Command::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-                .arg(at),
-        );
-        Tmpfs(at.to_path_buf())
-    }
-
-    /// Gives the file system `size` (growing it frees room at once).
-    fn resize(&self, size: &str) {
-        common::run_ok(
-            Command::new("mount")
-                .args(["-o", &format!("remount,size={size}")])
-                .arg(&self.0),
-        );
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_disk_out_of_space_is_disk_failed_then_resyncs_once_it_has_room() {
     if !common::require_root() || !common::require(&["mount", "umount"]) {
         return;
     }
     let dir = common::tempdir();
-    let fs = Tmpfs::mount(&dir.path().join("fs"), "4M");
+    let fs = common::Tmpfs::mount(&dir.path().join("fs"), "4M");
     let p = make_disk(dir.path(), "prod", SIZE);
     // 16 MiB, sparse, on a 4 MiB file system.
     let c = make_disk(&fs.0, "copy", SIZE);
