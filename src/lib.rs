@@ -29,6 +29,7 @@ pub mod config;
 pub mod demo;
 pub mod frame;
 pub mod group;
+pub mod ids;
 pub mod nbd;
 pub mod node;
 pub mod obs;

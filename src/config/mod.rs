@@ -12,7 +12,7 @@
 mod raw;
 mod validate;
 
-use crate::group::ids::{Fingerprint, MemberId, ResourceId};
+use crate::ids::{Fingerprint, MemberId, ResourceId};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -35,8 +35,11 @@ pub const ASYNC_WINDOW_BYTES_DEFAULT: u64 = 64 << 20;
 pub const ASYNC_WINDOW_BYTES_MIN: u64 = 4096;
 /// Largest async window.
 pub const ASYNC_WINDOW_BYTES_MAX: u64 = 16 << 30;
-/// Default write lease of the production host (see `check_lease_timing`).
-pub const LEASE_MS_DEFAULT: u64 = crate::group::engine::LEASE_MS_DEFAULT;
+/// Default write lease of the production host (see `check_lease_timing`):
+/// an ordinary election (a new leader within the 1–2 s election timeout)
+/// ends before a lease renewed just ahead of it runs out, so elections
+/// alone never stop the production host's writes.
+pub const LEASE_MS_DEFAULT: u64 = 3_000;
 /// Default time after which the leader declares a silent member failed.
 pub const FAIL_TIMEOUT_MS_DEFAULT: u64 = LEASE_MS_DEFAULT + 1_000;
 /// Shortest lease: four engine heartbeats (100 ms each), since it is

@@ -8,7 +8,7 @@ use super::{
     DISKS_PER_MEMBER_MAX, FAIL_TIMEOUT_MS_DEFAULT, FAIL_TIMEOUT_MS_MAX, LEASE_MS_DEFAULT,
     LEASE_MS_MAX, LEASE_MS_MIN, MEMBERS_MAX, NAME_BYTES_MAX, SITES_MAX,
 };
-use crate::group::ids::ResourceId;
+use crate::ids::ResourceId;
 use crate::units::parse_size;
 use std::collections::HashMap;
 use std::net::SocketAddr;

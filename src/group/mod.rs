@@ -62,7 +62,7 @@ pub mod domain;
 pub mod election;
 pub mod engine;
 pub mod error;
-pub mod ids;
+pub use crate::ids;
 pub mod join;
 mod replicated;
 pub mod state;

@@ -13,10 +13,8 @@ use super::frame::SNAPSHOT_CHUNK_BYTES_MAX;
 use super::membership::ENTRIES_PER_APPEND_MAX;
 use super::types::NodeId;
 
-/// Default lease: an ordinary election (a new leader within the 1–2 s
-/// election timeout) ends before a lease renewed just ahead of it runs
-/// out, so elections alone never stop the production host's writes.
-pub const LEASE_MS_DEFAULT: u64 = 3_000;
+/// The recovery domain's default lease, for an engine built without one.
+pub use crate::config::LEASE_MS_DEFAULT;
 
 /// How a member runs its engine.
 #[derive(Clone)]
